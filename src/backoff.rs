@@ -1,0 +1,60 @@
+//! Capped exponential backoff with full jitter (pure).
+
+use std::time::Duration;
+
+/// Backoff policy: attempt `n` (0-based) waits a random time in `[0, min(cap, base * 2^n)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The ceiling for the first retry.
+    pub base: Duration,
+    /// No wait is longer than this.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The ceiling of the wait before retry `attempt` (0-based).
+    #[must_use]
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// The wait before retry `attempt`, given `unit`, a uniform random number in `[0, 1)`.
+    #[must_use]
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// [`Backoff::delay`] with a fresh random number.
+    #[must_use]
+    pub fn random_delay(&self, attempt: u32) -> Duration {
+        self.delay(attempt, fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const B: Backoff = Backoff {
+        base: Duration::from_millis(500),
+        cap: Duration::from_secs(8),
+    };
+
+    #[test]
+    fn grows_then_caps() {
+        let c: Vec<_> = (0..7).map(|a| B.ceiling(a).as_millis()).collect();
+        assert_eq!(c, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(B.ceiling(u32::MAX), Duration::from_secs(8));
+    }
+
+    proptest! {
+        #[test]
+        fn delay_within_ceiling(attempt in 0u32..100, unit in 0.0f64..1.0) {
+            let d = B.delay(attempt, unit);
+            prop_assert!(d <= B.ceiling(attempt));
+            prop_assert!(d <= B.cap);
+        }
+    }
+}

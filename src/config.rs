@@ -1,0 +1,762 @@
+//! The component's configuration contract.
+//!
+//! Keys are camelCase, exactly as a Greengrass deployment delivers them. Deployments often send
+//! numbers and booleans as strings (`"300"`, `"true"`) and numbers as floats (`300.0`), so all of
+//! those forms are accepted. Unknown keys produce warnings, not errors, so a newer deployment
+//! does not break an older component. Every problem is reported at once, each naming its key
+//! and the form expected.
+//!
+//! [`Config::from_value`] is pure: it reads no files and no environment.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// Default `syncIntervalSeconds`.
+pub const DEFAULT_SYNC_INTERVAL_SECS: u64 = 300;
+/// Default `maxConcurrency`: enough to hide per-request latency, small enough for edge devices.
+pub const DEFAULT_MAX_CONCURRENCY: u64 = 8;
+/// Default `credentialsRefreshAheadSeconds`: the classic nucleus's token exchange service also
+/// refreshes 300 s before expiry.
+pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 300;
+/// Upper bound of `maxConcurrency`.
+pub const MAX_CONCURRENCY_LIMIT: u64 = 256;
+/// Upper bound of `syncIntervalSeconds` (one week).
+pub const MAX_SYNC_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+
+/// Every key the component accepts.
+pub const KNOWN_KEYS: &[&str] = &[
+    "roleAlias",
+    "bucket",
+    "prefix",
+    "localDir",
+    "syncIntervalSeconds",
+    "maxConcurrency",
+    "region",
+    "s3EndpointUrl",
+    "s3ForcePathStyle",
+    "credentialsEndpoint",
+    "thingName",
+    "certificateFilePath",
+    "privateKeyPath",
+    "rootCaPath",
+    "stateDir",
+    "credentialsRefreshAheadSeconds",
+];
+
+/// Errors loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid YAML/JSON.
+    #[error("configuration file {} is not valid {format}: {detail}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// `YAML` or `JSON`.
+        format: &'static str,
+        /// The parser's message, with line and column.
+        detail: String,
+    },
+    /// The document is not a map of keys to values.
+    #[error("configuration must be a map of keys to values, found {found}")]
+    NotAnObject {
+        /// What was found instead.
+        found: &'static str,
+    },
+    /// One or more keys are invalid.
+    #[error("invalid configuration: {}", join(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One invalid key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The configuration key.
+    pub key: String,
+    /// What is wrong and the form expected.
+    pub problem: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// A `host[:port]` HTTPS endpoint (the AWS IoT credentials provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP address; also the TLS SNI name.
+    pub host: String,
+    /// TCP port (443 unless given).
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `host`, `host:port`, `[v6]:port`, or the same behind `https://` with an optional
+    /// trailing `/`.
+    ///
+    /// # Errors
+    /// Returns the problem, phrased for a [`FieldError`].
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        let s = s.strip_prefix("https://").unwrap_or(s);
+        if s.contains("://") {
+            return Err(format!(
+                "expected a host name such as 'abc123.credentials.iot.us-east-1.amazonaws.com' \
+                 (optionally ':port'), got '{input}'; only https is supported"
+            ));
+        }
+        let s = s.strip_suffix('/').unwrap_or(s);
+        if s.is_empty() {
+            return Err("expected a host name, got an empty value".into());
+        }
+        if s.contains('/') {
+            return Err(format!(
+                "expected only a host name (and port), got a path in '{input}'; \
+                 the component adds /role-aliases/<roleAlias>/credentials itself"
+            ));
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("unterminated '[' in '{input}'"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(format!("unexpected '{after}' after ']' in '{input}'")),
+            };
+            (h.to_owned(), port)
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (s.to_owned(), None),
+            }
+        };
+        let port = match port {
+            None => 443,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("port must be 1-65535, got '{p}' in '{input}'"))?,
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '@') {
+            return Err(format!("'{host}' is not a valid host name"));
+        }
+        Ok(Self { host, port })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `roleAlias`: the AWS IoT role alias exchanged for credentials.
+    pub role_alias: String,
+    /// `bucket`.
+    pub bucket: String,
+    /// `prefix`, normalised: empty, or ending in `/`.
+    pub prefix: String,
+    /// `localDir`: absolute.
+    pub local_dir: PathBuf,
+    /// `syncIntervalSeconds`.
+    pub sync_interval: Duration,
+    /// `maxConcurrency`: simultaneous downloads.
+    pub max_concurrency: usize,
+    /// `region`: the bucket's region, used to sign requests.
+    pub region: String,
+    /// `s3EndpointUrl`: an S3-compatible or VPC endpoint.
+    pub s3_endpoint_url: Option<String>,
+    /// `s3ForcePathStyle`.
+    pub s3_force_path_style: bool,
+    /// `credentialsEndpoint`: the AWS IoT credentials provider.
+    pub credentials_endpoint: Endpoint,
+    /// `thingName`: sent as `x-amzn-iot-thingname` when set.
+    pub thing_name: Option<String>,
+    /// `certificateFilePath`: the device certificate (PEM).
+    pub certificate_file_path: PathBuf,
+    /// `privateKeyPath`: the device private key (PEM; PKCS#1, PKCS#8 or SEC1).
+    pub private_key_path: PathBuf,
+    /// `rootCaPath`: CA certificates that may sign the credentials endpoint's certificate.
+    pub root_ca_path: PathBuf,
+    /// `stateDir`: where the sync state is kept.
+    pub state_dir: PathBuf,
+    /// `credentialsRefreshAheadSeconds`.
+    pub credentials_refresh_ahead: Duration,
+}
+
+/// The result of a successful parse: the configuration and what deserves a warning.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The configuration.
+    pub config: Config,
+    /// Unknown keys and normalisations, one sentence each.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads a YAML or JSON file (JSON is valid YAML; `.json` files are parsed as JSON for
+    /// better error positions). Relative paths inside are resolved against the file's folder.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the invalid keys.
+    pub fn load_file(path: &Path, working_dir: &Path) -> Result<Parsed, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let value: Value = if is_json {
+            serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                format: "JSON",
+                detail: e.to_string(),
+            })?
+        } else {
+            serde_norway::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                format: "YAML",
+                detail: e.to_string(),
+            })?
+        };
+        let file_dir = path.parent().unwrap_or(Path::new(""));
+        let base = working_dir.join(file_dir);
+        Self::from_value(&value, &base, working_dir)
+    }
+
+    /// Validates a configuration document.
+    ///
+    /// `base_dir` resolves relative paths (the config file's folder); `working_dir` is the
+    /// default `stateDir` (under Greengrass, the component's work folder).
+    ///
+    /// # Errors
+    /// [`ConfigError::NotAnObject`] or [`ConfigError::Invalid`] listing every bad key.
+    pub fn from_value(
+        value: &Value,
+        base_dir: &Path,
+        working_dir: &Path,
+    ) -> Result<Parsed, ConfigError> {
+        let map = match value {
+            Value::Object(m) => m,
+            Value::Null => return Err(ConfigError::NotAnObject { found: "nothing" }),
+            Value::Array(_) => return Err(ConfigError::NotAnObject { found: "a list" }),
+            _ => return Err(ConfigError::NotAnObject { found: "a scalar" }),
+        };
+        let mut r = Reader {
+            map,
+            errors: Vec::new(),
+            base_dir,
+        };
+        let mut warnings = unknown_key_warnings(map);
+
+        let role_alias = r.required_str("roleAlias").and_then(|s| r.role_alias(&s));
+        let bucket = r.required_str("bucket").and_then(|s| r.bucket(&s));
+        let prefix = r.prefix(&mut warnings);
+        let local_dir = r.required_path("localDir");
+        let sync_interval = r.number(
+            "syncIntervalSeconds",
+            DEFAULT_SYNC_INTERVAL_SECS,
+            1,
+            MAX_SYNC_INTERVAL_SECS,
+        );
+        let max_concurrency = r.number(
+            "maxConcurrency",
+            DEFAULT_MAX_CONCURRENCY,
+            1,
+            MAX_CONCURRENCY_LIMIT,
+        );
+        let region = r.required_str("region").and_then(|s| r.region(&s));
+        let s3_endpoint_url = r.optional_str("s3EndpointUrl").and_then(|s| r.url(&s));
+        let s3_force_path_style = r.boolean("s3ForcePathStyle", false);
+        let credentials_endpoint = r.required_str("credentialsEndpoint").and_then(|s| {
+            Endpoint::parse(&s)
+                .map_err(|p| r.fail::<()>("credentialsEndpoint", p))
+                .ok()
+        });
+        let thing_name = r.optional_str("thingName");
+        let certificate_file_path = r.required_path("certificateFilePath");
+        let private_key_path = r.required_path("privateKeyPath");
+        let root_ca_path = r.required_path("rootCaPath");
+        let state_dir = r
+            .optional_str("stateDir")
+            .map_or_else(|| Some(working_dir.to_owned()), |s| Some(base_dir.join(s)));
+        let refresh_ahead = r.number(
+            "credentialsRefreshAheadSeconds",
+            DEFAULT_REFRESH_AHEAD_SECS,
+            0,
+            43_200,
+        );
+
+        if !r.errors.is_empty() {
+            return Err(ConfigError::Invalid(r.errors));
+        }
+        // Every `None` above recorded an error, so all are present here.
+        let config = (|| {
+            Some(Config {
+                role_alias: role_alias?,
+                bucket: bucket?,
+                prefix: prefix?,
+                local_dir: local_dir?,
+                sync_interval: Duration::from_secs(sync_interval?),
+                max_concurrency: usize::try_from(max_concurrency?).ok()?,
+                region: region?,
+                s3_endpoint_url,
+                s3_force_path_style: s3_force_path_style?,
+                credentials_endpoint: credentials_endpoint?,
+                thing_name,
+                certificate_file_path: certificate_file_path?,
+                private_key_path: private_key_path?,
+                root_ca_path: root_ca_path?,
+                state_dir: state_dir?,
+                credentials_refresh_ahead: Duration::from_secs(refresh_ahead?),
+            })
+        })();
+        config
+            .map(|config| Parsed { config, warnings })
+            .ok_or_else(|| {
+                ConfigError::Invalid(vec![FieldError {
+                    key: "(configuration)".into(),
+                    problem: "internal validation error".into(),
+                }])
+            })
+    }
+}
+
+fn unknown_key_warnings(map: &Map<String, Value>) -> Vec<String> {
+    let known: BTreeSet<&str> = KNOWN_KEYS.iter().copied().collect();
+    map.keys()
+        .filter(|k| !known.contains(k.as_str()))
+        .map(|k| {
+            match KNOWN_KEYS.iter().find(|known| known.eq_ignore_ascii_case(k)) {
+                Some(close) => format!(
+                    "unknown configuration key '{k}' ignored; did you mean '{close}'? (keys are case-sensitive)"
+                ),
+                None => format!("unknown configuration key '{k}' ignored"),
+            }
+        })
+        .collect()
+}
+
+/// Reads typed values out of the map, recording every problem.
+struct Reader<'a> {
+    map: &'a Map<String, Value>,
+    errors: Vec<FieldError>,
+    base_dir: &'a Path,
+}
+
+impl Reader<'_> {
+    fn fail<T>(&mut self, key: &str, problem: impl Into<String>) -> Option<T> {
+        self.errors.push(FieldError {
+            key: key.to_owned(),
+            problem: problem.into(),
+        });
+        None
+    }
+
+    /// A string value; `null` and absent are `None`, other types are errors.
+    fn raw_str(&mut self, key: &str) -> Result<Option<String>, ()> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(other) => {
+                self.fail::<()>(key, format!("expected a string, got {}", kind(other)));
+                Err(())
+            }
+        }
+    }
+
+    fn optional_str(&mut self, key: &str) -> Option<String> {
+        self.raw_str(key).ok().flatten().filter(|s| !s.is_empty())
+    }
+
+    fn required_str(&mut self, key: &str) -> Option<String> {
+        match self.raw_str(key) {
+            Ok(Some(s)) if !s.is_empty() => Some(s),
+            Ok(_) => self.fail(key, "required, but missing or empty"),
+            Err(()) => None,
+        }
+    }
+
+    fn required_path(&mut self, key: &str) -> Option<PathBuf> {
+        let s = self.required_str(key)?;
+        if s.contains('\0') {
+            return self.fail(key, "a path cannot contain a NUL character");
+        }
+        Some(self.base_dir.join(s))
+    }
+
+    fn number(&mut self, key: &str, default: u64, min: u64, max: u64) -> Option<u64> {
+        let expected = format!("expected a whole number from {min} to {max}");
+        let n = match self.map.get(key) {
+            None | Some(Value::Null) => return Some(default),
+            Some(Value::Number(n)) => number_value(n),
+            Some(Value::String(s)) if s.trim().is_empty() => return Some(default),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse::<serde_json::Number>()
+                .ok()
+                .and_then(|n| number_value(&n)),
+            Some(other) => return self.fail(key, format!("{expected}, got {}", kind(other))),
+        };
+        match n {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                let shown = self.map.get(key).map(Value::to_string).unwrap_or_default();
+                self.fail(key, format!("{expected}, got {shown}"))
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> Option<bool> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Some(default),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(Value::String(s)) if s.trim().is_empty() => Some(default),
+            Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => Some(true),
+            Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => Some(false),
+            Some(other) => self.fail(
+                key,
+                format!("expected true or false, got {}", other.to_string().trim()),
+            ),
+        }
+    }
+
+    fn role_alias(&mut self, s: &str) -> Option<String> {
+        let ok = (1..=128).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '=' | ',' | '@' | '-' | '_'));
+        if ok {
+            Some(s.to_owned())
+        } else {
+            self.fail(
+                "roleAlias",
+                format!(
+                    "expected an AWS IoT role alias name (1-128 characters: letters, digits, \
+                     '=', ',', '@', '-', '_'), got '{s}'; use the alias name, not its ARN"
+                ),
+            )
+        }
+    }
+
+    fn bucket(&mut self, s: &str) -> Option<String> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (b, p) = rest.split_once('/').unwrap_or((rest, ""));
+            return self.fail(
+                "bucket",
+                format!("expected a bucket name, got the URL '{s}'; set bucket: '{b}' and prefix: '{p}'"),
+            );
+        }
+        if let Some((b, p)) = s.split_once('/') {
+            return self.fail(
+                "bucket",
+                format!("a bucket name cannot contain '/', got '{s}'; set bucket: '{b}' and prefix: '{p}'"),
+            );
+        }
+        let valid = (3..=63).contains(&s.len())
+            && s.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
+        if valid {
+            Some(s.to_owned())
+        } else {
+            self.fail(
+                "bucket",
+                format!(
+                    "expected an S3 bucket name (3-63 characters: lowercase letters, digits, \
+                     '.', '-'; starting and ending with a letter or digit), got '{s}'"
+                ),
+            )
+        }
+    }
+
+    fn prefix(&mut self, warnings: &mut Vec<String>) -> Option<String> {
+        let key = "prefix";
+        let s = match self.raw_str(key) {
+            Ok(s) => s.unwrap_or_default(),
+            Err(()) => return None,
+        };
+        if s.starts_with('/') {
+            let suggestion = s.trim_start_matches('/');
+            return self.fail(
+                key,
+                format!("S3 keys do not start with '/', got '{s}'; use '{suggestion}'"),
+            );
+        }
+        if s.contains('\0') {
+            return self.fail(key, "a prefix cannot contain a NUL character");
+        }
+        if s.is_empty() || s.ends_with('/') {
+            return Some(s);
+        }
+        warnings.push(format!(
+            "prefix '{s}' is treated as the folder '{s}/' (objects such as '{s}-other' are not synced)"
+        ));
+        Some(format!("{s}/"))
+    }
+
+    fn region(&mut self, s: &str) -> Option<String> {
+        let ok = s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && s.len() <= 32;
+        if ok {
+            Some(s.to_owned())
+        } else {
+            self.fail(
+                "region",
+                format!("expected an AWS region such as 'us-east-1', got '{s}'"),
+            )
+        }
+    }
+
+    fn url(&mut self, s: &str) -> Option<String> {
+        let rest = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => {
+                Some(s.trim_end_matches('/').to_owned())
+            }
+            _ => self.fail(
+                "s3EndpointUrl",
+                format!("expected an http:// or https:// URL such as 'https://s3.us-east-1.amazonaws.com', got '{s}'"),
+            ),
+        }
+    }
+}
+
+fn number_value(n: &serde_json::Number) -> Option<u64> {
+    if let Some(u) = n.as_u64() {
+        return Some(u);
+    }
+    let f = n.as_f64()?;
+    // Greengrass may deliver 300 as 300.0; accept integral floats only.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ok = (f.fract() == 0.0 && f >= 0.0 && f <= 9.0e15).then_some(f as u64);
+    ok
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({
+            "roleAlias": "S3SyncRoleAlias",
+            "bucket": "my-bucket",
+            "localDir": "/var/lib/sync",
+            "region": "us-east-1",
+            "credentialsEndpoint": "abc.credentials.iot.us-east-1.amazonaws.com",
+            "thingName": "thing-1",
+            "certificateFilePath": "/greengrass/v2/thingCert.crt",
+            "privateKeyPath": "/greengrass/v2/privKey.key",
+            "rootCaPath": "/greengrass/v2/rootCA.pem",
+        })
+    }
+
+    fn with(key: &str, v: Value) -> Value {
+        let mut b = base();
+        b.as_object_mut().unwrap().insert(key.into(), v);
+        b
+    }
+
+    fn ok(v: &Value) -> Parsed {
+        Config::from_value(v, Path::new("/etc/gg"), Path::new("/work")).unwrap()
+    }
+
+    fn err(v: &Value) -> Vec<FieldError> {
+        match Config::from_value(v, Path::new("/etc/gg"), Path::new("/work")) {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = ok(&base()).config;
+        assert_eq!(c.prefix, "");
+        assert_eq!(c.sync_interval, Duration::from_secs(300));
+        assert_eq!(c.max_concurrency, 8);
+        assert!(!c.s3_force_path_style);
+        assert_eq!(c.s3_endpoint_url, None);
+        assert_eq!(c.state_dir, PathBuf::from("/work"));
+        assert_eq!(c.credentials_refresh_ahead, Duration::from_secs(300));
+        assert_eq!(c.credentials_endpoint.port, 443);
+    }
+
+    #[test]
+    fn numbers_and_booleans_as_strings_and_floats() {
+        let mut v = base();
+        let m = v.as_object_mut().unwrap();
+        m.insert("syncIntervalSeconds".into(), json!("60"));
+        m.insert("maxConcurrency".into(), json!(4.0));
+        m.insert("s3ForcePathStyle".into(), json!("TRUE"));
+        let c = ok(&v).config;
+        assert_eq!(c.sync_interval, Duration::from_secs(60));
+        assert_eq!(c.max_concurrency, 4);
+        assert!(c.s3_force_path_style);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_form() {
+        let mut v = base();
+        let m = v.as_object_mut().unwrap();
+        m.insert("syncIntervalSeconds".into(), json!("5m"));
+        m.insert("maxConcurrency".into(), json!(0));
+        m.insert("s3ForcePathStyle".into(), json!("yes"));
+        m.remove("localDir");
+        let e = err(&v);
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "localDir",
+                "syncIntervalSeconds",
+                "maxConcurrency",
+                "s3ForcePathStyle"
+            ]
+        );
+        assert!(
+            e[1].problem.contains("whole number from 1 to 604800"),
+            "{}",
+            e[1]
+        );
+        assert!(e[1].problem.contains("\"5m\""), "{}", e[1]);
+        assert!(e[3].problem.contains("true or false"), "{}", e[3]);
+    }
+
+    #[test]
+    fn bucket_urls_and_paths_are_explained() {
+        let e = err(&with("bucket", json!("s3://b-1/data/x")));
+        assert!(
+            e[0].problem.contains("bucket: 'b-1' and prefix: 'data/x'"),
+            "{}",
+            e[0]
+        );
+        let e = err(&with("bucket", json!("b-1/data")));
+        assert!(e[0].problem.contains("cannot contain '/'"), "{}", e[0]);
+        let e = err(&with("bucket", json!("My_Bucket")));
+        assert!(e[0].problem.contains("lowercase"), "{}", e[0]);
+    }
+
+    #[test]
+    fn prefix_is_a_folder() {
+        let p = ok(&with("prefix", json!("data")));
+        assert_eq!(p.config.prefix, "data/");
+        assert!(p.warnings[0].contains("folder 'data/'"));
+        assert_eq!(ok(&with("prefix", json!("data/"))).config.prefix, "data/");
+        let e = err(&with("prefix", json!("/data/")));
+        assert!(e[0].problem.contains("use 'data/'"), "{}", e[0]);
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_suggestion() {
+        let p = ok(&with("localdir", json!("/x")));
+        assert_eq!(p.warnings.len(), 1);
+        assert!(
+            p.warnings[0].contains("did you mean 'localDir'"),
+            "{}",
+            p.warnings[0]
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_base() {
+        let c = ok(&with("certificateFilePath", json!("certs/device.pem"))).config;
+        assert_eq!(
+            c.certificate_file_path,
+            PathBuf::from("/etc/gg/certs/device.pem")
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = err(&with("bucket", json!(["a"])));
+        assert_eq!(e[0].to_string(), "bucket: expected a string, got a list");
+        let e = err(&with(
+            "roleAlias",
+            json!("arn:aws:iot:us-east-1:1:rolealias/x"),
+        ));
+        assert!(e[0].problem.contains("not its ARN"), "{}", e[0]);
+    }
+
+    #[test]
+    fn not_an_object() {
+        assert!(matches!(
+            Config::from_value(&json!([1]), Path::new("/"), Path::new("/")),
+            Err(ConfigError::NotAnObject { found: "a list" })
+        ));
+    }
+
+    #[test]
+    fn endpoints() {
+        let e = |s: &str| Endpoint::parse(s);
+        assert_eq!(
+            e("h.example.com").unwrap(),
+            Endpoint {
+                host: "h.example.com".into(),
+                port: 443
+            }
+        );
+        assert_eq!(e("localhost:8443").unwrap().port, 8443);
+        assert_eq!(e("https://h.example.com/").unwrap().host, "h.example.com");
+        assert_eq!(
+            e("[::1]:8443").unwrap(),
+            Endpoint {
+                host: "::1".into(),
+                port: 8443
+            }
+        );
+        assert!(e("http://h").unwrap_err().contains("only https"));
+        assert!(e("h/role-aliases/x").unwrap_err().contains("path"));
+        assert!(e("h:0").unwrap_err().contains("1-65535"));
+        assert!(e("h:99999").is_err());
+        assert!(e("").is_err());
+    }
+}

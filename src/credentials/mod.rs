@@ -1,0 +1,634 @@
+//! Device certificate → temporary AWS credentials, via the AWS IoT credentials provider.
+//!
+//! [`IotCredentialsProvider`] owns its cache (aws-sdk-s3's identity cache is switched off, see
+//! `sync::s3`), so the refresh policy is ours:
+//! - **single flight**: one request at a time; concurrent callers wait for its result;
+//! - **refresh ahead**: credentials are renewed `credentialsRefreshAheadSeconds` before they
+//!   expire (at half-life if they live shorter than twice that);
+//! - **retry** only what can succeed on retry (connect errors, timeouts, 429, 5xx), with capped
+//!   jittered backoff;
+//! - **negative cache**: after a failure the endpoint is not asked again for a while (4xx:
+//!   [`CLIENT_ERROR_TTL`], others: [`SERVER_ERROR_TTL`]), so a misconfigured fleet does not hammer it;
+//! - still-valid credentials are kept when a refresh fails;
+//! - an expiration already in the past is a clock problem, reported as such.
+//!
+//! Secrets never reach logs or error messages: [`Secret`] has a redacting `Debug`.
+
+mod endpoint;
+mod response;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{self, error::CredentialsError, ProvideCredentials};
+use aws_credential_types::Credentials;
+use aws_smithy_types::date_time::{DateTime, Format};
+
+use crate::backoff::Backoff;
+use crate::clock::SharedClock;
+use crate::config::{Config, Endpoint};
+
+/// How long a 4xx-type failure is remembered before the endpoint is asked again.
+pub const CLIENT_ERROR_TTL: Duration = Duration::from_secs(120);
+/// How long a 5xx, throttling or network failure is remembered.
+pub const SERVER_ERROR_TTL: Duration = Duration::from_secs(60);
+/// Attempts per load for retryable failures.
+const MAX_ATTEMPTS: u32 = 3;
+/// Retry backoff within one load.
+const RETRY_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(500),
+    cap: Duration::from_secs(8),
+};
+/// Cached credentials still this far from expiry are served when a refresh fails.
+const STALE_MARGIN: Duration = Duration::from_secs(30);
+
+/// A secret string whose `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("** redacted **")
+    }
+}
+
+/// Credential-exchange failures, each naming the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configured file cannot be read.
+    #[error("cannot read the {what} {} ({key}): {hint}", path.display())]
+    ReadFile {
+        /// What the file is.
+        what: &'static str,
+        /// The configuration key naming it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The fix.
+        hint: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configured file is not the PEM expected.
+    #[error("the {what} {} ({key}) is not usable: {detail}", path.display())]
+    BadPem {
+        /// What the file is.
+        what: &'static str,
+        /// The configuration key naming it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The private key is not the certificate's.
+    #[error(
+        "the private key {} does not match the certificate {}; set privateKeyPath and \
+         certificateFilePath to the key and the certificate issued for it",
+        key_path.display(), cert_path.display()
+    )]
+    KeyMismatch {
+        /// privateKeyPath.
+        key_path: PathBuf,
+        /// certificateFilePath.
+        cert_path: PathBuf,
+    },
+    /// The TLS client could not be set up.
+    #[error("cannot set up TLS for the credentials endpoint: {detail}")]
+    TlsSetup {
+        /// What failed.
+        detail: String,
+    },
+    /// The server's certificate is not signed by a CA in rootCaPath.
+    #[error(
+        "the credentials endpoint {endpoint} presented a certificate that rootCaPath {} does not trust ({detail}); \
+         set rootCaPath to a file holding Amazon Root CA 1 (or the CA of your endpoint) and check credentialsEndpoint",
+        ca_path.display()
+    )]
+    ServerNotTrusted {
+        /// The endpoint.
+        endpoint: String,
+        /// rootCaPath.
+        ca_path: PathBuf,
+        /// The verifier's reason.
+        detail: String,
+    },
+    /// The server refused the device certificate during the TLS handshake.
+    #[error(
+        "the credentials endpoint {endpoint} rejected the device certificate (TLS alert {alert}); \
+         make sure the certificate is registered and ACTIVE in this account and region, and that \
+         credentialsEndpoint is this account's iot:CredentialProvider endpoint"
+    )]
+    CertificateRejected {
+        /// The endpoint.
+        endpoint: String,
+        /// The TLS alert received.
+        alert: String,
+    },
+    /// Another TLS failure.
+    #[error("TLS handshake with the credentials endpoint {endpoint} failed: {detail}")]
+    Handshake {
+        /// The endpoint.
+        endpoint: String,
+        /// What failed.
+        detail: String,
+    },
+    /// No TCP connection.
+    #[error(
+        "cannot connect to the credentials endpoint {endpoint} ({detail}); check credentialsEndpoint \
+         (aws iot describe-endpoint --endpoint-type iot:CredentialProvider), DNS, the network and any proxy"
+    )]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The innermost cause.
+        detail: String,
+    },
+    /// The endpoint did not answer in time.
+    #[error("the credentials endpoint {endpoint} did not answer in time")]
+    Timeout {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// 403 `Invalid thing name passed`.
+    #[error(
+        "the credentials provider refused thing name '{thing_name}' (403 {message}); set thingName \
+         to the AWS IoT thing attached to this certificate (aws iot list-principal-things)"
+    )]
+    InvalidThingName {
+        /// The thing name sent.
+        thing_name: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// 403 `Access Denied`.
+    #[error(
+        "the credentials provider denied role alias '{role_alias}' (403 {message}); attach to this \
+         certificate an AWS IoT policy that allows iot:AssumeRoleWithCertificate on {arn}"
+    )]
+    AccessDenied {
+        /// The alias.
+        role_alias: String,
+        /// The alias ARN the policy must name.
+        arn: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// 403 `Certificate is invalid on this endpoint`.
+    #[error(
+        "the credentials endpoint {endpoint} does not accept this certificate (403 {message}); use the \
+         iot:CredentialProvider endpoint of the account and region where the certificate is registered"
+    )]
+    CertificateNotValid {
+        /// The endpoint.
+        endpoint: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// 404: the alias does not exist.
+    #[error(
+        "role alias '{role_alias}' does not exist (404 {message}); create it (aws iot create-role-alias) \
+         or fix roleAlias, and check that credentialsEndpoint is in the alias's region ({region})"
+    )]
+    RoleAliasNotFound {
+        /// The alias.
+        role_alias: String,
+        /// The configured region.
+        region: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// 400: the IAM role is missing or does not trust the credentials provider.
+    #[error(
+        "role alias '{role_alias}' points to an IAM role that cannot be assumed (400 {message}); make sure \
+         the role exists and its trust policy allows sts:AssumeRole for the service principal \
+         credentials.iot.amazonaws.com"
+    )]
+    CannotAssumeRole {
+        /// The alias.
+        role_alias: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// 400: alias duration longer than the role allows.
+    #[error(
+        "role alias '{role_alias}' asks for longer credentials than its IAM role allows (400 {message}); \
+         lower the alias's credentialDurationSeconds or raise the role's MaxSessionDuration"
+    )]
+    DurationTooLong {
+        /// The alias.
+        role_alias: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// 429.
+    #[error("the credentials provider is throttling requests (429 {message})")]
+    Throttled {
+        /// AWS's message.
+        message: String,
+    },
+    /// 5xx.
+    #[error("the credentials provider failed ({status} {message})")]
+    ServerError {
+        /// HTTP status.
+        status: u16,
+        /// AWS's message.
+        message: String,
+    },
+    /// Another non-200 status.
+    #[error("the credentials provider refused the request ({status} {message})")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// AWS's message.
+        message: String,
+    },
+    /// 200 with a body that is not credentials.
+    #[error("the credentials provider sent an unusable response: {detail}")]
+    MalformedResponse {
+        /// What is wrong (never the values).
+        detail: String,
+    },
+    /// The credentials are already expired by this device's clock.
+    #[error(
+        "the credentials provider issued credentials that expire at {expiration}, but this device's clock \
+         says {now}; the system clock is wrong: enable time synchronisation (NTP)"
+    )]
+    ExpiredOnArrival {
+        /// Expiry (RFC 3339).
+        expiration: String,
+        /// Local time (RFC 3339).
+        now: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same request can succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::Timeout { .. }
+                | Self::Throttled { .. }
+                | Self::ServerError { .. }
+                | Self::MalformedResponse { .. }
+        )
+    }
+
+    /// A stable short code for status documents and scripts.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ReadFile { .. } => "CredentialFileUnreadable",
+            Self::BadPem { .. } => "CredentialFileInvalid",
+            Self::KeyMismatch { .. } => "KeyCertificateMismatch",
+            Self::TlsSetup { .. } | Self::Handshake { .. } => "TlsHandshakeFailed",
+            Self::ServerNotTrusted { .. } => "CredentialsEndpointUntrusted",
+            Self::CertificateRejected { .. } => "CertificateRejected",
+            Self::Connect { .. } | Self::Timeout { .. } => "CredentialsEndpointUnreachable",
+            Self::InvalidThingName { .. } => "InvalidThingName",
+            Self::AccessDenied { .. } => "RoleAliasAccessDenied",
+            Self::CertificateNotValid { .. } => "CertificateNotValidOnEndpoint",
+            Self::RoleAliasNotFound { .. } => "RoleAliasNotFound",
+            Self::CannotAssumeRole { .. } => "CannotAssumeRole",
+            Self::DurationTooLong { .. } => "CredentialDurationTooLong",
+            Self::Throttled { .. } => "CredentialsThrottled",
+            Self::ServerError { .. } => "CredentialsServerError",
+            Self::Rejected { .. } => "CredentialsRequestRejected",
+            Self::MalformedResponse { .. } => "CredentialsResponseMalformed",
+            Self::ExpiredOnArrival { .. } => "ClockSkew",
+        }
+    }
+
+    /// How long to remember this failure before asking the endpoint again.
+    fn negative_ttl(&self) -> Duration {
+        match self {
+            // Local problems cost no network; let a fix take effect at once.
+            Self::ReadFile { .. }
+            | Self::BadPem { .. }
+            | Self::KeyMismatch { .. }
+            | Self::TlsSetup { .. } => Duration::ZERO,
+            Self::Connect { .. }
+            | Self::Timeout { .. }
+            | Self::Throttled { .. }
+            | Self::ServerError { .. }
+            | Self::MalformedResponse { .. } => SERVER_ERROR_TTL,
+            _ => CLIENT_ERROR_TTL,
+        }
+    }
+}
+
+/// Formats a time as RFC 3339 for messages.
+#[must_use]
+pub fn rfc3339(t: SystemTime) -> String {
+    DateTime::from(t)
+        .fmt(Format::DateTime)
+        .unwrap_or_else(|_| format!("{t:?}"))
+}
+
+/// What the provider needs from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSettings {
+    /// The credentials endpoint.
+    pub endpoint: Endpoint,
+    /// The role alias.
+    pub role_alias: String,
+    /// Sent as `x-amzn-iot-thingname` when set.
+    pub thing_name: Option<String>,
+    /// Device certificate.
+    pub certificate_file_path: PathBuf,
+    /// Device private key.
+    pub private_key_path: PathBuf,
+    /// Trusted CAs for the endpoint.
+    pub root_ca_path: PathBuf,
+    /// Used to name ARNs in errors.
+    pub region: String,
+    /// Renew this long before expiry.
+    pub refresh_ahead: Duration,
+}
+
+impl From<&Config> for ProviderSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            endpoint: c.credentials_endpoint.clone(),
+            role_alias: c.role_alias.clone(),
+            thing_name: c.thing_name.clone(),
+            certificate_file_path: c.certificate_file_path.clone(),
+            private_key_path: c.private_key_path.clone(),
+            root_ca_path: c.root_ca_path.clone(),
+            region: c.region.clone(),
+            refresh_ahead: c.credentials_refresh_ahead,
+        }
+    }
+}
+
+/// When to renew credentials that expire at `expiration`, fetched at `now` (pure).
+///
+/// Normally `refresh_ahead` before expiry; for credentials that live shorter than twice that,
+/// at half-life, so short-lived credentials are not re-fetched on every use.
+#[must_use]
+pub fn refresh_time(
+    now: SystemTime,
+    expiration: SystemTime,
+    refresh_ahead: Duration,
+) -> SystemTime {
+    let lifetime = expiration.duration_since(now).unwrap_or(Duration::ZERO);
+    expiration - refresh_ahead.min(lifetime / 2)
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    credentials: Credentials,
+    expiration: SystemTime,
+    refresh_at: SystemTime,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    current: Option<Cached>,
+    failure: Option<(Arc<Error>, SystemTime)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: ProviderSettings,
+    clock: SharedClock,
+    state: tokio::sync::Mutex<State>,
+    requests: AtomicU64,
+}
+
+/// Credentials from the AWS IoT credentials provider, cached. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct IotCredentialsProvider {
+    inner: Arc<Inner>,
+}
+
+impl IotCredentialsProvider {
+    /// A provider; nothing is fetched until credentials are needed.
+    #[must_use]
+    pub fn new(settings: ProviderSettings, clock: SharedClock) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                clock,
+                state: tokio::sync::Mutex::new(State::default()),
+                requests: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The settings in use.
+    #[must_use]
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.inner.settings
+    }
+
+    /// How many HTTP requests were sent to the endpoint so far.
+    #[must_use]
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Expiry of the cached credentials, if any (for status reports; never the credentials).
+    pub async fn expiration(&self) -> Option<SystemTime> {
+        self.inner
+            .state
+            .lock()
+            .await
+            .current
+            .as_ref()
+            .map(|c| c.expiration)
+    }
+
+    /// Drops cached credentials (e.g. after S3 answered `ExpiredToken`), so the next call fetches.
+    pub async fn invalidate(&self) {
+        let mut state = self.inner.state.lock().await;
+        state.current = None;
+        state.failure = None;
+    }
+
+    /// Valid credentials: cached, or fetched now.
+    ///
+    /// # Errors
+    /// The shared [`Error`] of the last failed fetch while it is negatively cached.
+    pub async fn credentials(&self) -> Result<Credentials, Arc<Error>> {
+        // Holding the lock across the fetch makes it single-flight.
+        let mut state = self.inner.state.lock().await;
+        let now = self.inner.clock.now();
+        if let Some(c) = &state.current {
+            if now < c.refresh_at {
+                return Ok(c.credentials.clone());
+            }
+        }
+        if let Some((err, until)) = &state.failure {
+            if now < *until {
+                if let Some(c) = usable(state.current.as_ref(), now) {
+                    return Ok(c);
+                }
+                return Err(err.clone());
+            }
+        }
+        match self.load().await {
+            Ok(cached) => {
+                let creds = cached.credentials.clone();
+                tracing::info!(
+                    role_alias = %self.inner.settings.role_alias,
+                    expires = %rfc3339(cached.expiration),
+                    "obtained credentials from the AWS IoT credentials provider"
+                );
+                state.current = Some(cached);
+                state.failure = None;
+                Ok(creds)
+            }
+            Err(err) => {
+                let err = Arc::new(err);
+                let ttl = err.negative_ttl();
+                let now = self.inner.clock.now();
+                if !ttl.is_zero() {
+                    state.failure = Some((err.clone(), now + ttl));
+                }
+                if let Some(c) = usable(state.current.as_ref(), now) {
+                    tracing::warn!(error = %err, "credential refresh failed; using cached credentials until they expire");
+                    return Ok(c);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// One load: up to [`MAX_ATTEMPTS`] requests for retryable failures.
+    async fn load(&self) -> Result<Cached, Error> {
+        let s = &self.inner.settings;
+        let client = endpoint::http_client(s)?;
+        let mut attempt = 0;
+        loop {
+            self.inner.requests.fetch_add(1, Ordering::Relaxed);
+            let result = endpoint::fetch_once(&client, s).await;
+            match result {
+                Ok(issued) => return self.accept(issued),
+                Err(e) if e.is_retryable() && attempt + 1 < MAX_ATTEMPTS => {
+                    let delay = RETRY_BACKOFF.random_delay(attempt);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "credentials request failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn accept(&self, issued: response::Issued) -> Result<Cached, Error> {
+        let now = self.inner.clock.now();
+        if issued.expiration <= now {
+            return Err(Error::ExpiredOnArrival {
+                expiration: rfc3339(issued.expiration),
+                now: rfc3339(now),
+            });
+        }
+        let refresh_at = refresh_time(now, issued.expiration, self.inner.settings.refresh_ahead);
+        Ok(Cached {
+            credentials: Credentials::new(
+                issued.access_key_id,
+                issued.secret_access_key.0,
+                Some(issued.session_token.0),
+                Some(issued.expiration),
+                "aws-iot-credentials-provider",
+            ),
+            expiration: issued.expiration,
+            refresh_at,
+        })
+    }
+}
+
+fn usable(current: Option<&Cached>, now: SystemTime) -> Option<Credentials> {
+    current
+        .filter(|c| now + STALE_MARGIN < c.expiration)
+        .map(|c| c.credentials.clone())
+}
+
+impl ProvideCredentials for IotCredentialsProvider {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            self.credentials()
+                .await
+                .map_err(CredentialsError::provider_error)
+        })
+    }
+}
+
+/// Finds a credentials [`Error`] anywhere in an error's source chain (e.g. inside an SDK error).
+#[must_use]
+pub fn find_in_chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<Error>() {
+            return Some(found);
+        }
+        if let Some(found) = e.downcast_ref::<Arc<Error>>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn refresh_ahead_for_long_credentials() {
+        let now = SystemTime::UNIX_EPOCH + H;
+        let exp = now + H;
+        assert_eq!(
+            refresh_time(now, exp, Duration::from_secs(300)),
+            exp - Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn refresh_at_half_life_for_short_credentials() {
+        let now = SystemTime::UNIX_EPOCH + H;
+        let exp = now + Duration::from_secs(10);
+        assert_eq!(
+            refresh_time(now, exp, Duration::from_secs(300)),
+            now + Duration::from_secs(5)
+        );
+        // Already expired: refresh immediately (and the caller reports a clock problem).
+        assert_eq!(refresh_time(exp, now, Duration::from_secs(300)), now);
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret("abc".into())), "** redacted **");
+    }
+
+    #[test]
+    fn negative_ttls() {
+        let e = Error::Throttled {
+            message: String::new(),
+        };
+        assert_eq!(e.negative_ttl(), SERVER_ERROR_TTL);
+        let e = Error::RoleAliasNotFound {
+            role_alias: "a".into(),
+            region: "r".into(),
+            message: String::new(),
+        };
+        assert_eq!(e.negative_ttl(), CLIENT_ERROR_TTL);
+        let e = Error::KeyMismatch {
+            key_path: "k".into(),
+            cert_path: "c".into(),
+        };
+        assert_eq!(e.negative_ttl(), Duration::ZERO);
+    }
+}

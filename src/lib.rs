@@ -1,0 +1,19 @@
+//! gg-s3-sync: an AWS IoT Greengrass v2 component that keeps a local folder in sync with an S3
+//! prefix, using the device's X.509 certificate as its only secret.
+//!
+//! # Layout
+//! - [`config`]: the configuration contract (camelCase keys, lenient number/boolean forms,
+//!   every error names its key).
+//! - [`credentials`]: certificate → temporary AWS credentials at the AWS IoT credentials
+//!   provider (mutual TLS), with its own cache, single flight, refresh ahead, negative cache.
+//! - [`sync`]: the engine; `sync::plan` decides (pure), `sync::s3` and `sync::local` do I/O,
+//!   `sync::state` remembers what was written.
+//! - [`app`]: the supervisor that runs passes until cancelled.
+//! - [`clock`], [`backoff`]: injected time and retry policy.
+
+pub mod app;
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod credentials;
+pub mod sync;

@@ -1,0 +1,166 @@
+//! `gg-s3-sync` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use gg_s3_sync::config::Config;
+use gg_s3_sync::sync::{chain, Error as SyncError, Summary};
+use gg_s3_sync::{app, clock};
+
+/// Keep a local folder in sync with an S3 prefix, authenticated by an AWS IoT device certificate.
+#[derive(Debug, Parser)]
+#[command(name = "gg-s3-sync", version, about)]
+struct Cli {
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sync now and then every syncIntervalSeconds until SIGTERM/SIGINT.
+    Run {
+        /// Configuration file (YAML or JSON).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Sync once; exit 0 if every object is in place, 1 otherwise.
+    Once {
+        /// Configuration file (YAML or JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the pass summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code for a configuration problem (clap also uses 2 for usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(real_main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cancel = CancellationToken::new();
+    tokio::spawn(stop_on_signal(cancel.clone()));
+    let clock = clock::system();
+    match cli.command {
+        Command::Run { config } => {
+            let config = load(&config)?;
+            app::run(&config, clock, &cancel)
+                .await
+                .context("cannot start syncing")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Once { config, json } => {
+            let config = load(&config)?;
+            Ok(report_once(app::once(&config, clock, &cancel).await, json))
+        }
+    }
+}
+
+fn report_once(result: Result<Summary, SyncError>, json: bool) -> ExitCode {
+    match result {
+        Ok(summary) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "listed {} | downloaded {} ({} bytes) | unchanged {} | skipped {} | failed {} | {} ms",
+                    summary.listed, summary.downloaded, summary.bytes, summary.unchanged,
+                    summary.skipped, summary.failed, summary.duration_ms
+                );
+                for p in &summary.skipped_keys {
+                    println!("  skipped {:?}: {}", p.key, p.message);
+                }
+                for p in &summary.failures {
+                    println!("  failed {}: {}", p.key, p.message);
+                }
+            }
+            if summary.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            let text = chain(&e);
+            tracing::error!(code = e.code(), "{text}");
+            eprintln!("error: {text}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    let cwd = std::env::current_dir().context("cannot determine the working folder")?;
+    let parsed = Config::load_file(path, &cwd)?;
+    for w in &parsed.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(parsed.config)
+}
+
+async fn stop_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
+    }
+    cancel.cancel();
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

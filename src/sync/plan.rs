@@ -1,0 +1,426 @@
+//! What to do with each listed object (pure: no I/O).
+//!
+//! Two decisions live here:
+//! - [`map_key`]: an object key → a path relative to `localDir`, or the reason it is never
+//!   written. Only keys made of plain, non-empty path segments map to a path, so no key can
+//!   address anything outside `localDir` (`..`, absolute, backslashes, NUL, control characters
+//!   and the component's own temporary names are all refused).
+//! - [`plan`]: given the listing entry, the state recorded when the file was last written, and
+//!   what is on disk now, download or leave alone. Change detection is by ETag + size, never by
+//!   modification time; the local size and mtime only tell whether someone changed the file.
+
+use std::fmt;
+use std::time::SystemTime;
+
+/// Longest file name most Linux file systems accept, in bytes.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+/// Prefix of the temporary files the component writes; keys using it are refused.
+pub const TEMP_PREFIX: &str = ".gg-s3-sync.";
+/// Suffix of the temporary files the component writes.
+pub const TEMP_SUFFIX: &str = ".part";
+
+/// A validated relative path: non-empty `/`-separated segments, none of them `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// The path as `a/b/c`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The segments.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a key is never written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsafe {
+    /// Not under the configured prefix (a misbehaving server).
+    OutsidePrefix,
+    /// Starts with `/`.
+    Absolute,
+    /// Has a `..` segment.
+    ParentSegment,
+    /// Has a `.` segment.
+    DotSegment,
+    /// Has an empty segment (`a//b`).
+    EmptySegment,
+    /// Contains `\`, which other systems treat as a separator.
+    Backslash,
+    /// Contains NUL.
+    Nul,
+    /// Contains a control character.
+    ControlCharacter,
+    /// A segment longer than [`MAX_SEGMENT_BYTES`].
+    SegmentTooLong(usize),
+    /// Ends in `/` but has content: it cannot be both a folder and a file.
+    FolderWithContent,
+    /// Looks like the component's own temporary files.
+    Reserved,
+}
+
+impl fmt::Display for Unsafe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutsidePrefix => f.write_str("key is not under the configured prefix"),
+            Self::Absolute => f.write_str("key is an absolute path"),
+            Self::ParentSegment => f.write_str("key has a '..' segment that would escape localDir"),
+            Self::DotSegment => f.write_str("key has a '.' segment"),
+            Self::EmptySegment => f.write_str("key has an empty segment ('//')"),
+            Self::Backslash => f.write_str("key contains a backslash"),
+            Self::Nul => f.write_str("key contains a NUL character"),
+            Self::ControlCharacter => f.write_str("key contains a control character"),
+            Self::SegmentTooLong(n) => {
+                write!(
+                    f,
+                    "a key segment is {n} bytes, over the {MAX_SEGMENT_BYTES}-byte file name limit"
+                )
+            }
+            Self::FolderWithContent => {
+                f.write_str("key ends in '/' but is not an empty folder marker")
+            }
+            Self::Reserved => f.write_str("key uses the component's temporary file name pattern"),
+        }
+    }
+}
+
+/// Where a key goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// Write it here, relative to `localDir`.
+    Path(RelPath),
+    /// A zero-byte `folder/` marker (or the prefix itself): nothing to write.
+    FolderMarker,
+    /// Never written.
+    Unsafe(Unsafe),
+}
+
+/// Maps `key` (listed under `prefix`, which is empty or ends in `/`) to a local path.
+#[must_use]
+pub fn map_key(key: &str, prefix: &str, size: u64) -> KeyVerdict {
+    let Some(rel) = key.strip_prefix(prefix) else {
+        return KeyVerdict::Unsafe(Unsafe::OutsidePrefix);
+    };
+    if rel.is_empty() {
+        return KeyVerdict::FolderMarker;
+    }
+    let (rel, folder) = match rel.strip_suffix('/') {
+        Some(r) => (r, true),
+        None => (rel, false),
+    };
+    if let Some(problem) = check_chars(rel) {
+        return KeyVerdict::Unsafe(problem);
+    }
+    if rel.starts_with('/') {
+        return KeyVerdict::Unsafe(Unsafe::Absolute);
+    }
+    for segment in rel.split('/') {
+        let problem = match segment {
+            "" => Some(Unsafe::EmptySegment),
+            "." => Some(Unsafe::DotSegment),
+            ".." => Some(Unsafe::ParentSegment),
+            s if s.len() > MAX_SEGMENT_BYTES => Some(Unsafe::SegmentTooLong(s.len())),
+            s if s.starts_with(TEMP_PREFIX) && s.ends_with(TEMP_SUFFIX) => Some(Unsafe::Reserved),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            return KeyVerdict::Unsafe(p);
+        }
+    }
+    if folder {
+        return if size == 0 {
+            KeyVerdict::FolderMarker
+        } else {
+            KeyVerdict::Unsafe(Unsafe::FolderWithContent)
+        };
+    }
+    KeyVerdict::Path(RelPath(rel.to_owned()))
+}
+
+fn check_chars(s: &str) -> Option<Unsafe> {
+    s.chars().find_map(|c| match c {
+        '\0' => Some(Unsafe::Nul),
+        '\\' => Some(Unsafe::Backslash),
+        c if c.is_control() => Some(Unsafe::ControlCharacter),
+        _ => None,
+    })
+}
+
+/// What the state store remembers about a file the component wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The object's ETag (quotes stripped) when it was downloaded.
+    pub etag: String,
+    /// The object's size.
+    pub size: u64,
+    /// The file's modification time after writing, in nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The object key.
+    pub key: String,
+    /// ETag with quotes stripped; empty if the server sent none.
+    pub etag: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `LastModified`.
+    pub last_modified: Option<SystemTime>,
+}
+
+/// A regular file found at the destination path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalFile {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+/// Why an object is downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Never downloaded before.
+    New,
+    /// The object's ETag or size changed.
+    Changed,
+    /// The local file is gone or is not a regular file.
+    LocalMissing,
+    /// The local file's size or mtime differs from what was written.
+    LocalModified,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::New => "new",
+            Self::Changed => "changed",
+            Self::LocalMissing => "missing locally",
+            Self::LocalModified => "modified locally",
+        })
+    }
+}
+
+/// The decision for one object with a safe path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Fetch it.
+    Download(Reason),
+    /// The local copy is current.
+    Unchanged,
+}
+
+/// A stand-in ETag for servers that list none: size and `LastModified` identify the version.
+#[must_use]
+pub fn version_tag(remote: &Remote) -> String {
+    if !remote.etag.is_empty() {
+        return remote.etag.clone();
+    }
+    let ns = remote
+        .last_modified
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("lm:{ns}")
+}
+
+/// Decides for one object.
+#[must_use]
+pub fn plan(remote: &Remote, recorded: Option<&Recorded>, local: Option<LocalFile>) -> Action {
+    let Some(rec) = recorded else {
+        return Action::Download(Reason::New);
+    };
+    if rec.etag != version_tag(remote) || rec.size != remote.size {
+        return Action::Download(Reason::Changed);
+    }
+    match local {
+        None => Action::Download(Reason::LocalMissing),
+        Some(l) if l.size != rec.size || l.mtime_ns != rec.mtime_ns => {
+            Action::Download(Reason::LocalModified)
+        }
+        Some(_) => Action::Unchanged,
+    }
+}
+
+/// Strips the quotes S3 puts around ETags.
+#[must_use]
+pub fn normalize_etag(raw: &str) -> String {
+    raw.trim().trim_matches('"').to_owned()
+}
+
+/// The MD5 hex digest an ETag stands for, if it is a single-part upload's ETag.
+#[must_use]
+pub fn md5_of_etag(etag: &str) -> Option<&str> {
+    (etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())).then_some(etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn path(key: &str, prefix: &str) -> String {
+        match map_key(key, prefix, 1) {
+            KeyVerdict::Path(p) => p.0,
+            other => panic!("{key:?}: {other:?}"),
+        }
+    }
+
+    fn unsafe_(key: &str) -> Unsafe {
+        match map_key(key, "p/", 1) {
+            KeyVerdict::Unsafe(u) => u,
+            other => panic!("{key:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn safe_keys_map_under_the_prefix() {
+        assert_eq!(path("p/a/b.txt", "p/"), "a/b.txt");
+        assert_eq!(path("a", ""), "a");
+        assert_eq!(path("p/..a/b..", "p/"), "..a/b..");
+        assert_eq!(path("p/ünï cødé/ファイル", "p/"), "ünï cødé/ファイル");
+    }
+
+    #[test]
+    fn hostile_keys_are_refused() {
+        assert_eq!(unsafe_("p/../x"), Unsafe::ParentSegment);
+        assert_eq!(unsafe_("p/a/../../x"), Unsafe::ParentSegment);
+        assert_eq!(unsafe_("p/.."), Unsafe::ParentSegment);
+        assert_eq!(unsafe_("p//abs"), Unsafe::Absolute);
+        assert_eq!(unsafe_("p/a//b"), Unsafe::EmptySegment);
+        assert_eq!(unsafe_("p/./a"), Unsafe::DotSegment);
+        assert_eq!(unsafe_("p/a/./b"), Unsafe::DotSegment);
+        assert_eq!(unsafe_("p/a\\..\\..\\x"), Unsafe::Backslash);
+        assert_eq!(unsafe_("p/a\0b"), Unsafe::Nul);
+        assert_eq!(unsafe_("p/a\nb"), Unsafe::ControlCharacter);
+        assert_eq!(unsafe_("x/a"), Unsafe::OutsidePrefix);
+        assert_eq!(
+            unsafe_(&format!("p/{}", "x".repeat(256))),
+            Unsafe::SegmentTooLong(256)
+        );
+        assert_eq!(unsafe_("p/d/.gg-s3-sync.0123.part"), Unsafe::Reserved);
+    }
+
+    #[test]
+    fn folder_markers() {
+        assert_eq!(map_key("p/", "p/", 0), KeyVerdict::FolderMarker);
+        assert_eq!(map_key("p/dir/", "p/", 0), KeyVerdict::FolderMarker);
+        assert_eq!(
+            map_key("p/dir/", "p/", 5),
+            KeyVerdict::Unsafe(Unsafe::FolderWithContent)
+        );
+        assert_eq!(
+            map_key("p/../", "p/", 0),
+            KeyVerdict::Unsafe(Unsafe::ParentSegment)
+        );
+    }
+
+    proptest! {
+        /// No key, whatever its bytes, maps to a path that could leave localDir.
+        #[test]
+        fn mapped_paths_stay_inside(key in "(p/)?([a-z./\\\\]|\\.\\.|/|\u{0}|\u{e9}){0,24}") {
+            if let KeyVerdict::Path(p) = map_key(&key, "p/", 1) {
+                prop_assert!(!p.as_str().starts_with('/'));
+                for seg in p.segments() {
+                    prop_assert!(!seg.is_empty() && seg != "." && seg != "..");
+                    prop_assert!(!seg.contains('\\') && !seg.contains('\0'));
+                }
+                let joined = std::path::Path::new("/root").join(p.as_str());
+                prop_assert!(joined.starts_with("/root"));
+                prop_assert!(joined.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))));
+            }
+        }
+    }
+
+    fn remote(etag: &str, size: u64) -> Remote {
+        Remote {
+            key: "k".into(),
+            etag: etag.into(),
+            size,
+            last_modified: None,
+        }
+    }
+
+    fn rec(etag: &str, size: u64, mtime_ns: i128) -> Recorded {
+        Recorded {
+            etag: etag.into(),
+            size,
+            mtime_ns,
+        }
+    }
+
+    #[test]
+    fn plan_decisions() {
+        let local = Some(LocalFile {
+            size: 3,
+            mtime_ns: 7,
+        });
+        assert_eq!(
+            plan(&remote("e1", 3), None, local),
+            Action::Download(Reason::New)
+        );
+        assert_eq!(
+            plan(&remote("e1", 3), Some(&rec("e1", 3, 7)), local),
+            Action::Unchanged
+        );
+        // Same size, new content: aws-cli misses this; ETag catches it.
+        assert_eq!(
+            plan(&remote("e2", 3), Some(&rec("e1", 3, 7)), local),
+            Action::Download(Reason::Changed)
+        );
+        assert_eq!(
+            plan(&remote("e1", 4), Some(&rec("e1", 3, 7)), local),
+            Action::Download(Reason::Changed)
+        );
+        assert_eq!(
+            plan(&remote("e1", 3), Some(&rec("e1", 3, 7)), None),
+            Action::Download(Reason::LocalMissing)
+        );
+        let touched = Some(LocalFile {
+            size: 3,
+            mtime_ns: 8,
+        });
+        assert_eq!(
+            plan(&remote("e1", 3), Some(&rec("e1", 3, 7)), touched),
+            Action::Download(Reason::LocalModified)
+        );
+    }
+
+    proptest! {
+        /// Whatever the inputs, an object whose recorded version and local file both match is
+        /// left alone, and anything else is downloaded.
+        #[test]
+        fn plan_is_unchanged_only_when_everything_matches(
+            re in "[ab]", rs in 0u64..3, ce in "[ab]", cs in 0u64..3, cm in 0i128..3,
+            local in proptest::option::of((0u64..3, 0i128..3)),
+        ) {
+            let r = remote(&re, rs);
+            let c = rec(&ce, cs, cm);
+            let l = local.map(|(size, mtime_ns)| LocalFile { size, mtime_ns });
+            let same = re == ce && rs == cs && l == Some(LocalFile { size: cs, mtime_ns: cm });
+            prop_assert_eq!(plan(&r, Some(&c), l) == Action::Unchanged, same);
+        }
+    }
+
+    #[test]
+    fn etags() {
+        assert_eq!(normalize_etag("\"abc\""), "abc");
+        assert_eq!(
+            md5_of_etag("d41d8cd98f00b204e9800998ecf8427e"),
+            Some("d41d8cd98f00b204e9800998ecf8427e")
+        );
+        assert_eq!(md5_of_etag("d41d8cd98f00b204e9800998ecf8427e-2"), None);
+        assert_eq!(version_tag(&remote("", 1)), "lm:0");
+    }
+}

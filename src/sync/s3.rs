@@ -1,0 +1,294 @@
+//! The S3 side: one aws-sdk-s3 client, paginated listing, streaming GETs, and S3 errors mapped
+//! to what the user must change.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::config::{BehaviorVersion, IdentityCache, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use super::plan::{normalize_etag, Remote};
+use super::Error;
+use crate::credentials::{self, IotCredentialsProvider};
+
+/// Keys per ListObjectsV2 page (the S3 maximum).
+const PAGE_SIZE: i32 = 1000;
+
+/// Where objects come from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    region: String,
+}
+
+/// S3 connection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Bucket.
+    pub bucket: String,
+    /// Signing region.
+    pub region: String,
+    /// Custom endpoint.
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing.
+    pub force_path_style: bool,
+}
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct Page {
+    /// The objects, in key order.
+    pub objects: Vec<Remote>,
+    /// Token for the next page.
+    pub next: Option<String>,
+}
+
+impl Source {
+    /// Builds the client. Credentials come only from `provider` (no default chain, which could
+    /// pick up other credentials on a device) and are cached by it, not by the SDK.
+    #[must_use]
+    pub fn new(settings: &S3Settings, provider: IotCredentialsProvider) -> Self {
+        let mut b = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(provider)
+            .identity_cache(IdentityCache::no_cache())
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .force_path_style(settings.force_path_style);
+        if let Some(url) = &settings.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+            bucket: settings.bucket.clone(),
+            region: settings.region.clone(),
+        }
+    }
+
+    /// Lists one page under `prefix`.
+    ///
+    /// # Errors
+    /// [`Error::ListDenied`] and the other S3 mappings.
+    pub async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<Page, Error> {
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .max_keys(PAGE_SIZE);
+        if !prefix.is_empty() {
+            req = req.prefix(prefix);
+        }
+        if let Some(t) = token {
+            req = req.continuation_token(t);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.classify(Op::List, prefix, &e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(Remote {
+                    key: o.key()?.to_owned(),
+                    etag: o.e_tag().map(normalize_etag).unwrap_or_default(),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    last_modified: o
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                })
+            })
+            .collect();
+        let next = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(Page { objects, next })
+    }
+
+    /// Starts a GET of `key`, conditional on the listed ETag so a concurrent overwrite is
+    /// noticed instead of mixing versions.
+    ///
+    /// # Errors
+    /// [`Error::ChangedDuringSync`] on 412, [`Error::Vanished`] on 404, and the other mappings.
+    pub async fn get(&self, key: &str, if_match: &str) -> Result<GetObjectOutput, Error> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if !if_match.is_empty() && !if_match.starts_with("lm:") {
+            req = req.if_match(format!("\"{if_match}\""));
+        }
+        req.send()
+            .await
+            .map_err(|e| self.classify(Op::Get, key, &e))
+    }
+
+    fn classify<E, R>(&self, op: Op, target: &str, err: &SdkError<E, R>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    {
+        if let Some(c) = credentials::find_in_chain(err) {
+            return Error::Credentials {
+                code: c.code(),
+                message: c.to_string(),
+            };
+        }
+        match err {
+            SdkError::ServiceError(ctx) => {
+                let e = ctx.err();
+                let code = e.code().unwrap_or("").to_owned();
+                let message = e.message().unwrap_or("").to_owned();
+                classify_service(op, &self.bucket, &self.region, target, &code, &message)
+            }
+            SdkError::TimeoutError(_) => Error::Network {
+                op: op.name(),
+                target: target.to_owned(),
+                detail: "timed out".into(),
+            },
+            other => Error::Network {
+                op: op.name(),
+                target: target.to_owned(),
+                detail: root_cause(other),
+            },
+        }
+    }
+}
+
+/// The S3 operation an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// ListObjectsV2.
+    List,
+    /// GetObject.
+    Get,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Self::List => "ListObjectsV2",
+            Self::Get => "GetObject",
+        }
+    }
+}
+
+/// Maps an S3 error code to the error that names the fix (pure).
+#[must_use]
+pub fn classify_service(
+    op: Op,
+    bucket: &str,
+    region: &str,
+    target: &str,
+    code: &str,
+    message: &str,
+) -> Error {
+    match (op, code) {
+        (Op::List, "AccessDenied") => Error::ListDenied {
+            bucket: bucket.to_owned(),
+            prefix: target.to_owned(),
+            message: message.to_owned(),
+        },
+        (Op::Get, "AccessDenied") => Error::GetDenied {
+            bucket: bucket.to_owned(),
+            key: target.to_owned(),
+            message: message.to_owned(),
+        },
+        (_, "NoSuchBucket") => Error::NoSuchBucket {
+            bucket: bucket.to_owned(),
+            region: region.to_owned(),
+        },
+        (Op::Get, "NoSuchKey") => Error::Vanished {
+            key: target.to_owned(),
+        },
+        (Op::Get, "PreconditionFailed") => Error::ChangedDuringSync {
+            key: target.to_owned(),
+        },
+        (
+            _,
+            "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
+            | "IllegalLocationConstraintException",
+        ) => Error::WrongRegion {
+            bucket: bucket.to_owned(),
+            region: region.to_owned(),
+            message: message.to_owned(),
+        },
+        (_, "RequestTimeTooSkewed") => Error::ClockSkew {
+            message: message.to_owned(),
+        },
+        (_, "ExpiredToken") => Error::ExpiredToken,
+        _ => Error::S3 {
+            op: op.name(),
+            target: target.to_owned(),
+            code: if code.is_empty() {
+                "Unknown".to_owned()
+            } else {
+                code.to_owned()
+            },
+            message: message.to_owned(),
+        },
+    }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    let mut text = cur.to_string();
+    while let Some(next) = cur.source() {
+        cur = next;
+        text = cur.to_string();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_denied_names_listbucket_and_the_arn() {
+        let e = classify_service(
+            Op::List,
+            "bkt",
+            "us-east-1",
+            "data/",
+            "AccessDenied",
+            "Access Denied",
+        );
+        let s = e.to_string();
+        assert!(s.contains("s3:ListBucket"), "{s}");
+        assert!(s.contains("arn:aws:s3:::bkt"), "{s}");
+        assert!(s.contains("data/"), "{s}");
+    }
+
+    #[test]
+    fn get_denied_names_getobject_and_the_object_arn() {
+        let s = classify_service(Op::Get, "bkt", "r", "data/a.txt", "AccessDenied", "").to_string();
+        assert!(
+            s.contains("s3:GetObject") && s.contains("arn:aws:s3:::bkt/data/a.txt"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn other_codes() {
+        let e = |code| classify_service(Op::Get, "b", "eu-west-1", "k", code, "m");
+        assert!(matches!(e("NoSuchKey"), Error::Vanished { .. }));
+        assert!(matches!(
+            e("PreconditionFailed"),
+            Error::ChangedDuringSync { .. }
+        ));
+        assert!(matches!(e("PermanentRedirect"), Error::WrongRegion { .. }));
+        assert!(matches!(e("ExpiredToken"), Error::ExpiredToken));
+        assert!(e("NoSuchBucket").to_string().contains("eu-west-1"));
+        assert!(matches!(e("SlowDown"), Error::S3 { .. }));
+    }
+}

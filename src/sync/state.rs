@@ -1,0 +1,335 @@
+//! The sync state: for every file the component wrote, the object version it came from.
+//!
+//! Stored as an append-only log of JSON lines (`{"k":key,"e":etag,"s":size,"m":mtime_ns}`, or
+//! `{"k":key,"d":1}` when forgotten), replayed at start-up and compacted (snapshot written to a
+//! temporary file, fsynced, renamed over the log) when it has grown to twice the live entries.
+//! Recording an object costs one appended line, never a rewrite.
+//!
+//! Crash safety: a line is appended only after its file was renamed into place, so the log
+//! never claims a file that is not there; a crash can lose the newest lines (those files are
+//! then compared again and downloaded once more) or leave a torn last line (ignored).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::Recorded;
+
+/// Compaction happens when the log has this many more lines than live entries, at least.
+const MIN_GARBAGE_LINES: usize = 1024;
+
+/// State-store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O failure on a state file.
+    #[error("cannot {action} sync state file {}; check stateDir", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    k: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<i128>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<u8>,
+}
+
+impl Line {
+    fn record(key: &str, r: &Recorded) -> Self {
+        Self {
+            k: key.to_owned(),
+            e: Some(r.etag.clone()),
+            s: Some(r.size),
+            m: Some(r.mtime_ns),
+            d: None,
+        }
+    }
+}
+
+/// The state of one (bucket, prefix, localDir) triple.
+#[derive(Debug)]
+pub struct StateStore {
+    path: PathBuf,
+    entries: HashMap<String, Recorded>,
+    log: BufWriter<File>,
+    lines: usize,
+}
+
+impl StateStore {
+    /// Opens (or creates) `dir/<name>`, replaying its log.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the folder or file cannot be created, read or opened for appending.
+    pub fn open(dir: &Path, name: &str) -> Result<Self, Error> {
+        let path = dir.join(name);
+        let io_err = |action, source| Error::Io {
+            action,
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(|e| io_err("create the folder of", e))?;
+        let mut entries = HashMap::new();
+        let mut lines = 0;
+        let mut skipped = 0;
+        match File::open(&path) {
+            Ok(f) => {
+                for line in BufReader::new(f).split(b'\n') {
+                    let line = line.map_err(|e| io_err("read", e))?;
+                    if line.is_empty() {
+                        continue;
+                    }
+                    lines += 1;
+                    match serde_json::from_slice::<Line>(&line) {
+                        Ok(Line { k, d: Some(_), .. }) => {
+                            entries.remove(&k);
+                        }
+                        Ok(Line {
+                            k,
+                            e: Some(etag),
+                            s: Some(size),
+                            m: Some(mtime_ns),
+                            ..
+                        }) => {
+                            entries.insert(
+                                k,
+                                Recorded {
+                                    etag,
+                                    size,
+                                    mtime_ns,
+                                },
+                            );
+                        }
+                        // A torn line from a crash, or damage: those objects are compared anew.
+                        Ok(_) | Err(_) => skipped += 1,
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("read", e)),
+        }
+        if skipped > 0 {
+            tracing::warn!(path = %path.display(), skipped, "ignored unreadable lines in the sync state (those objects will be compared again)");
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err("open", e))?;
+        let mut store = Self {
+            path,
+            entries,
+            log: BufWriter::new(file),
+            lines,
+        };
+        if skipped > 0 {
+            // Rewrite so a torn line is not followed by new ones on the same line.
+            store.compact()?;
+        }
+        Ok(store)
+    }
+
+    /// The state file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What was recorded for `key`.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&Recorded> {
+        self.entries.get(key)
+    }
+
+    /// Number of recorded objects.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records that `key` was written; call after the file is in place.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the line cannot be appended.
+    pub fn record(&mut self, key: &str, rec: Recorded) -> Result<(), Error> {
+        self.append(&Line::record(key, &rec))?;
+        self.entries.insert(key.to_owned(), rec);
+        Ok(())
+    }
+
+    /// Forgets `key` (its file was removed or replaced by something else).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the line cannot be appended.
+    pub fn forget(&mut self, key: &str) -> Result<(), Error> {
+        if self.entries.remove(key).is_some() {
+            self.append(&Line {
+                k: key.to_owned(),
+                e: None,
+                s: None,
+                m: None,
+                d: Some(1),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, line: &Line) -> Result<(), Error> {
+        let mut buf = serde_json::to_vec(line).map_err(|e| Error::Io {
+            action: "encode",
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
+        buf.push(b'\n');
+        self.log.write_all(&buf).map_err(|source| Error::Io {
+            action: "append to",
+            path: self.path.clone(),
+            source,
+        })?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Makes everything recorded so far durable, compacting the log if it has grown.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if flushing, syncing or compacting fails.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        let io_err = |action, source| Error::Io {
+            action,
+            path: self.path.clone(),
+            source,
+        };
+        self.log.flush().map_err(|e| io_err("flush", e))?;
+        self.log
+            .get_ref()
+            .sync_data()
+            .map_err(|e| io_err("sync", e))?;
+        if self.lines > 2 * self.entries.len() + MIN_GARBAGE_LINES {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log as a snapshot: temporary file, fsync, rename, fsync the folder.
+    fn compact(&mut self) -> Result<(), Error> {
+        let tmp = self.path.with_extension("compact.tmp");
+        let io_err = |action, source| Error::Io {
+            action,
+            path: tmp.clone(),
+            source,
+        };
+        let file = File::create(&tmp).map_err(|e| io_err("create", e))?;
+        let mut w = BufWriter::new(file);
+        for (k, r) in &self.entries {
+            let mut buf = serde_json::to_vec(&Line::record(k, r))
+                .map_err(|e| io_err("encode", io::Error::other(e)))?;
+            buf.push(b'\n');
+            w.write_all(&buf).map_err(|e| io_err("write", e))?;
+        }
+        let file = w
+            .into_inner()
+            .map_err(|e| io_err("write", e.into_error()))?;
+        file.sync_all().map_err(|e| io_err("sync", e))?;
+        fs::rename(&tmp, &self.path).map_err(|e| io_err("rename", e))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("sync the folder of", e))?;
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| io_err("reopen", e))?;
+        self.log = BufWriter::new(file);
+        self.lines = self.entries.len();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(e: &str) -> Recorded {
+        Recorded {
+            etag: e.into(),
+            size: 1,
+            mtime_ns: 2,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_forgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path(), "state.jsonl").unwrap();
+        s.record("a", rec("1")).unwrap();
+        s.record("b", rec("2")).unwrap();
+        s.record("a", rec("3")).unwrap();
+        s.forget("b").unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let s = StateStore::open(dir.path(), "state.jsonl").unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.get("a"), Some(&rec("3")));
+    }
+
+    #[test]
+    fn torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path(), "state.jsonl").unwrap();
+        s.record("a", rec("1")).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let p = dir.path().join("state.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(br#"{"k":"b","e":"2","s"#).unwrap();
+        drop(f);
+        let mut s = StateStore::open(dir.path(), "state.jsonl").unwrap();
+        assert_eq!(s.len(), 1);
+        s.record("c", rec("4")).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let s = StateStore::open(dir.path(), "state.jsonl").unwrap();
+        assert_eq!(s.len(), 2, "the line after the torn one must survive");
+    }
+
+    #[test]
+    fn compacts_when_grown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path(), "state.jsonl").unwrap();
+        for i in 0..(MIN_GARBAGE_LINES + 10) {
+            s.record("same", rec(&i.to_string())).unwrap();
+        }
+        s.commit().unwrap();
+        let text = fs::read_to_string(dir.path().join("state.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        drop(s);
+        let s = StateStore::open(dir.path(), "state.jsonl").unwrap();
+        assert_eq!(
+            s.get("same").unwrap().etag,
+            (MIN_GARBAGE_LINES + 9).to_string()
+        );
+    }
+}
