@@ -566,7 +566,7 @@ fn number_value(n: &serde_json::Number) -> Option<u64> {
     let f = n.as_f64()?;
     // Greengrass may deliver 300 as 300.0; accept integral floats only.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let ok = (f.fract() == 0.0 && f >= 0.0 && f <= 9.0e15).then_some(f as u64);
+    let ok = (f.fract() == 0.0 && (0.0..=9.0e15).contains(&f)).then_some(f as u64);
     ok
 }
 

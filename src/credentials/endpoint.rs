@@ -262,11 +262,16 @@ fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
         if let Some(t) = e.downcast_ref::<rustls::Error>() {
             return Some(t);
         }
-        // io::Error::source skips its own payload, so look inside it explicitly.
-        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+        // io::Error::source skips its own payload (which may be another io::Error), so look
+        // inside explicitly.
+        let mut payload = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref());
+        while let Some(inner) = payload {
             if let Some(t) = inner.downcast_ref::<rustls::Error>() {
                 return Some(t);
             }
+            payload = inner
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref());
         }
         cur = e.source();
     }

@@ -1,0 +1,190 @@
+//! Test PKI made with rcgen: a CA, a server certificate for `localhost`/`127.0.0.1`, and
+//! device certificates, written as PEM files like a Greengrass installer writes them.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// PKI failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// rcgen failed.
+    #[error("cannot generate {what}")]
+    Generate {
+        /// What was being made.
+        what: String,
+        /// rcgen's error.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A file could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A certificate and its key, in memory and on disk.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Certificate, DER (what the TLS server sees).
+    pub cert_der: Vec<u8>,
+    /// Private key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// Certificate file.
+    pub cert_path: PathBuf,
+    /// Key file.
+    pub key_path: PathBuf,
+}
+
+/// A certificate authority that can issue server and device certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate.
+    pub files: CertFiles,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("cert", &self.files.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn gen<T>(what: &str, r: Result<T, rcgen::Error>) -> Result<T, Error> {
+    r.map_err(|source| Error::Generate {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+impl Ca {
+    /// A new CA named `cn`, written to `dir/<file_stem>.pem` and `.key`.
+    ///
+    /// # Errors
+    /// [`Error`] if generation or writing fails.
+    pub fn new(dir: &Path, cn: &str, file_stem: &str) -> Result<Self, Error> {
+        let key = gen("CA key", KeyPair::generate())?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = gen("CA certificate", params.self_signed(&key))?;
+        let files = CertFiles {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+            cert_path: dir.join(format!("{file_stem}.pem")),
+            key_path: dir.join(format!("{file_stem}.key")),
+        };
+        write(&files.cert_path, &files.cert_pem)?;
+        write(&files.key_path, &files.key_pem)?;
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            files,
+        })
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1`.
+    ///
+    /// # Errors
+    /// [`Error`] if generation or writing fails.
+    pub fn server(&self, dir: &Path, file_stem: &str) -> Result<CertFiles, Error> {
+        let mut params = gen(
+            "server certificate",
+            CertificateParams::new(vec!["localhost".to_owned()]),
+        )?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params.distinguished_name = name("localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(dir, file_stem, params, KeyPair::generate())
+    }
+
+    /// A device (client) certificate whose subject is `cn`, with an EC P-256 key.
+    ///
+    /// # Errors
+    /// [`Error`] if generation or writing fails.
+    pub fn device(&self, dir: &Path, file_stem: &str, cn: &str) -> Result<CertFiles, Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(dir, file_stem, params, KeyPair::generate())
+    }
+
+    /// A device certificate for an existing key (e.g. an RSA PKCS#1 key made by openssl).
+    ///
+    /// # Errors
+    /// [`Error`] if the key cannot be read or the certificate made.
+    pub fn device_for_key(
+        &self,
+        dir: &Path,
+        file_stem: &str,
+        cn: &str,
+        key_pem: &str,
+    ) -> Result<CertFiles, Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = gen("key from PEM", KeyPair::from_pem(key_pem))?;
+        let cert = gen("device certificate", params.signed_by(&key, &self.issuer))?;
+        let cert_path = dir.join(format!("{file_stem}.pem"));
+        write(&cert_path, &cert.pem())?;
+        Ok(CertFiles {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key_pem.to_owned(),
+            cert_path,
+            key_path: PathBuf::new(),
+        })
+    }
+
+    fn issue(
+        &self,
+        dir: &Path,
+        file_stem: &str,
+        params: CertificateParams,
+        key: Result<KeyPair, rcgen::Error>,
+    ) -> Result<CertFiles, Error> {
+        let key = gen("key", key)?;
+        let cert = gen("certificate", params.signed_by(&key, &self.issuer))?;
+        let files = CertFiles {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+            cert_path: dir.join(format!("{file_stem}.pem")),
+            key_path: dir.join(format!("{file_stem}.key")),
+        };
+        write(&files.cert_path, &files.cert_pem)?;
+        write(&files.key_path, &files.key_pem)?;
+        Ok(files)
+    }
+}

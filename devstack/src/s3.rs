@@ -1,0 +1,588 @@
+//! S3 on loopback: s3s-fs embedded, with what the stock server lacks to behave like AWS for
+//! this product:
+//! - SigV4 verified against credentials issued by the fake credentials provider (and one
+//!   admin key), `x-amz-security-token` and expiry checked (`ExpiredToken`), and an IAM-like
+//!   policy per role alias (`AccessDenied`), see [`Account::authorize_s3`];
+//! - ETags in listings (s3s-fs 0.14 omits them);
+//! - `If-Match` / `If-None-Match` on GET (s3s-fs ignores them);
+//! - `TCP_NODELAY` on accepted sockets (else every keep-alive request waits ~40 ms);
+//! - "virtual" objects with keys no file system can hold (`../x`, `a//b`), for hostile-key tests;
+//! - fault injection: a delay before every GET.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use md5::{Digest, Md5};
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::dto::{
+    ETag, ETagCondition, GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput,
+    ListObjectsV2Input, ListObjectsV2Output, Object, PutObjectInput, StreamingBlob, Timestamp,
+};
+use s3s::path::S3Path;
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::account::Account;
+use crate::iam;
+
+/// S3 server failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data folder cannot be used.
+    #[error("cannot use {} as the S3 data folder: {detail}", path.display())]
+    Root {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// Cannot listen.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Seeding failed.
+    #[error("cannot put s3://{bucket}/{key}: {detail}")]
+    Put {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct VirtualObject {
+    data: Bytes,
+    etag: String,
+    modified: SystemTime,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    virtual_objects: BTreeMap<(String, String), VirtualObject>,
+    get_delay: Duration,
+    chunk_delay: Duration,
+    gets: u64,
+    lists: u64,
+}
+
+/// s3s-fs with the fixes above.
+#[derive(Debug, Clone)]
+struct DevS3 {
+    fs: Arc<s3s_fs::FileSystem>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+fn internal<T>(input: T) -> S3Request<T> {
+    S3Request {
+        input,
+        method: http::Method::GET,
+        uri: http::Uri::from_static("/"),
+        headers: http::HeaderMap::new(),
+        extensions: http::Extensions::new(),
+        credentials: None,
+        region: None,
+        service: None,
+        trailing_headers: None,
+    }
+}
+
+fn etag_value(e: &ETag) -> &str {
+    match e {
+        ETag::Strong(v) | ETag::Weak(v) => v,
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl DevS3 {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        lock(&self.shared)
+    }
+
+    async fn etag_of(&self, bucket: &str, key: &str) -> S3Result<Option<String>> {
+        let input = HeadObjectInput::builder()
+            .bucket(bucket.to_owned())
+            .key(key.to_owned())
+            .build()
+            .map_err(|e| s3_error!(InternalError, "{e}"))?;
+        let out = self.fs.head_object(internal(input)).await?;
+        Ok(out.output.e_tag.as_ref().map(|e| etag_value(e).to_owned()))
+    }
+
+    fn virtual_object(&self, bucket: &str, key: &str) -> Option<VirtualObject> {
+        self.shared()
+            .virtual_objects
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .cloned()
+    }
+}
+
+/// Applies `If-Match` / `If-None-Match` like S3: 412 / 304.
+fn check_conditions(
+    current: &str,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<()> {
+    let matches = |c: &ETagCondition| match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => etag_value(e) == current,
+    };
+    if let Some(c) = if_match {
+        if !matches(c) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            ));
+        }
+    }
+    if let Some(c) = if_none_match {
+        if matches(c) {
+            let mut e = S3Error::new(S3ErrorCode::NotModified);
+            e.set_status_code(http::StatusCode::NOT_MODIFIED);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = S3Result<S3Response<T>>> + Send + 'a>>;
+
+/// Forwards operations to s3s-fs unchanged (the `async_trait` desugaring, written out because
+/// `#[async_trait]` does not see inside macro invocations).
+macro_rules! forward {
+    ($($op:ident: $input:ident => $output:ident;)*) => {$(
+        fn $op<'a, 'b>(&'a self, req: S3Request<s3s::dto::$input>) -> BoxFut<'b, s3s::dto::$output>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            Box::pin(self.fs.$op(req))
+        }
+    )*};
+}
+
+#[async_trait::async_trait]
+impl S3 for DevS3 {
+    forward! {
+        create_bucket: CreateBucketInput => CreateBucketOutput;
+        copy_object: CopyObjectInput => CopyObjectOutput;
+        delete_bucket: DeleteBucketInput => DeleteBucketOutput;
+        delete_object: DeleteObjectInput => DeleteObjectOutput;
+        delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
+        get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
+        head_bucket: HeadBucketInput => HeadBucketOutput;
+        list_buckets: ListBucketsInput => ListBucketsOutput;
+        list_objects: ListObjectsInput => ListObjectsOutput;
+        put_object: PutObjectInput => PutObjectOutput;
+        create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput;
+        upload_part: UploadPartInput => UploadPartOutput;
+        upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput;
+        list_parts: ListPartsInput => ListPartsOutput;
+        complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput;
+        abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let (delay, chunk_delay) = {
+            let mut s = self.shared();
+            s.gets += 1;
+            (s.get_delay, s.chunk_delay)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        if let Some(v) = self.virtual_object(&bucket, &key) {
+            check_conditions(
+                &v.etag,
+                req.input.if_match.as_ref(),
+                req.input.if_none_match.as_ref(),
+            )?;
+            let len = v.data.len();
+            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(v.data) });
+            return Ok(S3Response::new(GetObjectOutput {
+                body: Some(StreamingBlob::wrap(stream)),
+                content_length: i64::try_from(len).ok(),
+                e_tag: Some(ETag::Strong(v.etag)),
+                last_modified: Some(Timestamp::from(v.modified)),
+                ..Default::default()
+            }));
+        }
+        if req.input.if_match.is_some() || req.input.if_none_match.is_some() {
+            let current = self.etag_of(&bucket, &key).await?.unwrap_or_default();
+            check_conditions(
+                &current,
+                req.input.if_match.as_ref(),
+                req.input.if_none_match.as_ref(),
+            )?;
+        }
+        let mut resp = self.fs.get_object(req).await?;
+        if !chunk_delay.is_zero() {
+            if let Some(body) = resp.output.body.take() {
+                let slow = futures_util::StreamExt::then(body, move |chunk| async move {
+                    tokio::time::sleep(chunk_delay).await;
+                    chunk.map_err(|e| std::io::Error::other(e.to_string()))
+                });
+                resp.output.body = Some(StreamingBlob::wrap(slow));
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        if let Some(v) = self.virtual_object(&req.input.bucket, &req.input.key) {
+            return Ok(S3Response::new(HeadObjectOutput {
+                content_length: i64::try_from(v.data.len()).ok(),
+                e_tag: Some(ETag::Strong(v.etag)),
+                last_modified: Some(Timestamp::from(v.modified)),
+                ..Default::default()
+            }));
+        }
+        self.fs.head_object(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.shared().lists += 1;
+        let bucket = req.input.bucket.clone();
+        let prefix = req.input.prefix.clone().unwrap_or_default();
+        let marker = match (
+            req.input.continuation_token.clone(),
+            req.input.start_after.clone(),
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let plain = req.input.delimiter.is_none();
+        let mut resp = self.fs.list_objects_v2(req).await?;
+        let out = &mut resp.output;
+        let contents = out.contents.get_or_insert_with(Vec::new);
+        for obj in contents.iter_mut() {
+            if obj.e_tag.is_none() {
+                if let Some(key) = obj.key.clone() {
+                    obj.e_tag = self.etag_of(&bucket, &key).await?.map(ETag::Strong);
+                }
+            }
+        }
+        if plain {
+            // Merge virtual objects that fall inside this page's key range.
+            let upper = if out.is_truncated == Some(true) {
+                contents.last().and_then(|o| o.key.clone())
+            } else {
+                None
+            };
+            let extra: Vec<Object> = self
+                .shared()
+                .virtual_objects
+                .iter()
+                .filter(|((b, k), _)| {
+                    *b == bucket
+                        && k.starts_with(&prefix)
+                        && marker.as_ref().is_none_or(|m| k > m)
+                        && upper.as_ref().is_none_or(|u| k <= u)
+                })
+                .map(|((_, k), v)| Object {
+                    key: Some(k.clone()),
+                    e_tag: Some(ETag::Strong(v.etag.clone())),
+                    size: i64::try_from(v.data.len()).ok(),
+                    last_modified: Some(Timestamp::from(v.modified)),
+                    ..Default::default()
+                })
+                .collect();
+            if !extra.is_empty() {
+                contents.extend(extra);
+                contents.sort_by(|a, b| a.key.cmp(&b.key));
+                out.key_count = i32::try_from(contents.len()).ok();
+            }
+        }
+        Ok(resp)
+    }
+}
+
+struct DevAuth(Account);
+
+#[async_trait::async_trait]
+impl S3Auth for DevAuth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        self.0
+            .secret_for(access_key)
+            .map(SecretKey::from)
+            .ok_or_else(|| {
+                s3_error!(
+                    InvalidAccessKeyId,
+                    "The AWS Access Key Id you provided does not exist in our records."
+                )
+            })
+    }
+}
+
+struct DevAccess(Account);
+
+#[async_trait::async_trait]
+impl S3Access for DevAccess {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let Some(creds) = cx.credentials() else {
+            return Err(s3_error!(AccessDenied, "Anonymous access is denied"));
+        };
+        let header_token = cx
+            .headers()
+            .get("x-amz-security-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let query_token = cx.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("X-Amz-Security-Token="))
+                .map(|v| {
+                    v.replace("%2F", "/")
+                        .replace("%2B", "+")
+                        .replace("%3D", "=")
+                })
+        });
+        let token = header_token.or(query_token);
+        let (bucket, key) = match cx.s3_path() {
+            S3Path::Root => (None, None),
+            S3Path::Bucket { bucket } => (Some(bucket.to_string()), None),
+            S3Path::Object { bucket, key } => (Some(bucket.to_string()), Some(key.to_string())),
+        };
+        let (action, resource) =
+            iam::s3_action(cx.s3_op().name(), bucket.as_deref(), key.as_deref());
+        self.0
+            .authorize_s3(&creds.access_key, token.as_deref(), &action, &resource)
+            .map_err(|(code, message)| {
+                let code: S3ErrorCode = code.parse().unwrap_or(S3ErrorCode::AccessDenied);
+                S3Error::with_message(code, message)
+            })
+    }
+}
+
+/// A running S3 server.
+#[derive(Debug)]
+pub struct S3Server {
+    addr: SocketAddr,
+    root: PathBuf,
+    s3: DevS3,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl S3Server {
+    /// Serves the folder `root` (one sub-folder per bucket) on `bind`.
+    ///
+    /// # Errors
+    /// [`Error`] if the folder cannot be used or the address bound.
+    pub async fn start(account: Account, root: &Path, bind: SocketAddr) -> Result<Self, Error> {
+        let root_err = |detail: String| Error::Root {
+            path: root.to_owned(),
+            detail,
+        };
+        std::fs::create_dir_all(root).map_err(|e| root_err(e.to_string()))?;
+        let fs = s3s_fs::FileSystem::new(root).map_err(|e| root_err(format!("{e:?}")))?;
+        let s3 = DevS3 {
+            fs: Arc::new(fs),
+            shared: Arc::default(),
+        };
+        let service = {
+            let mut b = s3s::service::S3ServiceBuilder::new(s3.clone());
+            b.set_auth(DevAuth(account.clone()));
+            b.set_access(DevAccess(account));
+            b.build()
+        };
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| Error::Bind { addr: bind, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr: bind, source })?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let (c, t) = (cancel.clone(), tracker.clone());
+        tracker.spawn(async move {
+            loop {
+                let sock = tokio::select! {
+                    () = c.cancelled() => break,
+                    r = listener.accept() => match r {
+                        Ok((sock, _)) => sock,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "S3 accept failed");
+                            continue;
+                        }
+                    },
+                };
+                let _ = sock.set_nodelay(true);
+                let (service, c2) = (service.clone(), c.clone());
+                t.spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(sock), service);
+                    tokio::select! {
+                        () = c2.cancelled() => {}
+                        r = conn => if let Err(e) = r { tracing::debug!(error = %e, "S3 connection ended"); },
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            root: root.to_owned(),
+            s3,
+            cancel,
+            tracker,
+        })
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The data folder.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates a bucket (a folder in the data folder).
+    ///
+    /// # Errors
+    /// [`Error::Root`] if the folder cannot be made.
+    pub fn create_bucket(&self, bucket: &str) -> Result<(), Error> {
+        let path = self.root.join(bucket);
+        std::fs::create_dir_all(&path).map_err(|e| Error::Root {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Stores an object through s3s-fs's PutObject, so its ETag is recorded as S3 would.
+    ///
+    /// # Errors
+    /// [`Error::Put`].
+    pub async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let data: Bytes = data.into();
+        let err = |detail: String| Error::Put {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            detail,
+        };
+        let input = PutObjectInput::builder()
+            .bucket(bucket.to_owned())
+            .key(key.to_owned())
+            .content_length(i64::try_from(data.len()).ok())
+            .body(Some(StreamingBlob::from(s3s::Body::from(data))))
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        self.s3
+            .fs
+            .put_object(internal(input))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                err(format!(
+                    "{}: {}",
+                    e.code().as_str(),
+                    e.message().unwrap_or("")
+                ))
+            })
+    }
+
+    /// Deletes an object file (as if deleted in S3).
+    ///
+    /// # Errors
+    /// [`Error::Root`] if the file cannot be removed.
+    pub fn delete_object(&self, bucket: &str, key: &str) -> Result<(), Error> {
+        let path = self.root.join(bucket).join(key);
+        std::fs::remove_file(&path).map_err(|e| Error::Root {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Adds an object whose key no file system could store (e.g. `../x`); it is listed and
+    /// served from memory.
+    pub fn put_virtual_object(&self, bucket: &str, key: &str, data: impl Into<Bytes>) {
+        let data: Bytes = data.into();
+        let etag = hex::encode(Md5::digest(&data));
+        self.s3.shared().virtual_objects.insert(
+            (bucket.to_owned(), key.to_owned()),
+            VirtualObject {
+                data,
+                etag,
+                modified: crate::account::now(),
+            },
+        );
+    }
+
+    /// Delays every GET by `delay` (fault injection).
+    pub fn set_get_delay(&self, delay: Duration) {
+        self.s3.shared().get_delay = delay;
+    }
+
+    /// Delays every body chunk (4 KiB) of real objects by `delay`: a slow link.
+    pub fn set_chunk_delay(&self, delay: Duration) {
+        self.s3.shared().chunk_delay = delay;
+    }
+
+    /// GetObject requests received.
+    #[must_use]
+    pub fn get_count(&self) -> u64 {
+        self.s3.shared().gets
+    }
+
+    /// ListObjectsV2 requests received.
+    #[must_use]
+    pub fn list_count(&self) -> u64 {
+        self.s3.shared().lists
+    }
+
+    /// Stops accepting and closes connections.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

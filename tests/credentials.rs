@@ -1,0 +1,443 @@
+//! The credentials provider client against the devstack's mTLS endpoint, with an injected clock.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::provider::ProvideCredentials;
+use devstack::{account, pki, Device, Options, Policy, Role, RoleAlias};
+use gg_s3_sync::clock::{ManualClock, SharedClock};
+use gg_s3_sync::config::Endpoint;
+use gg_s3_sync::credentials::{Error, IotCredentialsProvider, ProviderSettings, CLIENT_ERROR_TTL};
+
+use common::Env;
+
+fn settings(env: &Env) -> ProviderSettings {
+    ProviderSettings {
+        endpoint: Endpoint::parse(&env.stack.credentials_endpoint()).unwrap(),
+        role_alias: env.stack.options.role_alias.clone(),
+        thing_name: Some(env.stack.options.thing_name.clone()),
+        certificate_file_path: env.stack.device.cert_path.clone(),
+        private_key_path: env.stack.device.key_path.clone(),
+        root_ca_path: env.stack.ca.files.cert_path.clone(),
+        region: "us-east-1".into(),
+        refresh_ahead: Duration::from_secs(300),
+    }
+}
+
+fn provider(s: ProviderSettings) -> (IotCredentialsProvider, ManualClock) {
+    let clock = ManualClock::new(account::now());
+    let shared: SharedClock = Arc::new(clock.clone());
+    (IotCredentialsProvider::new(s, shared), clock)
+}
+
+async fn fail(s: ProviderSettings) -> (Arc<Error>, u64) {
+    let (p, _) = provider(s);
+    let e = p.credentials().await.expect_err("should fail");
+    (e, p.requests_sent())
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A device certificate whose key is stored in `format`, made with openssl.
+fn device_with_key_format(env: &Env, algo: &str, format: &str) -> (PathBuf, PathBuf) {
+    let dir = env.tmp.path().join(format!("keys-{algo}-{format}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p8 = dir.join("pkcs8.pem");
+    let p = |x: &Path| x.to_str().unwrap().to_owned();
+    match algo {
+        "rsa" => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            &p(&p8),
+        ]),
+        _ => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &p(&p8),
+        ]),
+    }
+    let key = dir.join("device.key");
+    match (algo, format) {
+        (_, "pkcs8") => {
+            std::fs::copy(&p8, &key).unwrap();
+        }
+        ("rsa", "pkcs1") => openssl(&["rsa", "-in", &p(&p8), "-traditional", "-out", &p(&key)]),
+        ("ec", "sec1") => openssl(&["ec", "-in", &p(&p8), "-out", &p(&key)]),
+        other => panic!("{other:?}"),
+    }
+    let first_line = std::fs::read_to_string(&key)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let expected = match format {
+        "pkcs1" => "-----BEGIN RSA PRIVATE KEY-----",
+        "sec1" => "-----BEGIN EC PRIVATE KEY-----",
+        _ => "-----BEGIN PRIVATE KEY-----",
+    };
+    assert_eq!(first_line, expected);
+    let pem = std::fs::read_to_string(&p8).unwrap();
+    let files = env
+        .stack
+        .ca
+        .device_for_key(&dir, "device", &env.stack.options.thing_name, &pem)
+        .unwrap();
+    env.stack.account.register_device(
+        &files.cert_der,
+        Device {
+            thing: Some(env.stack.options.thing_name.clone()),
+            allowed_aliases: vec!["*".into()],
+            active: true,
+        },
+    );
+    (files.cert_path, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rsa_and_ec_keys_in_pkcs1_pkcs8_and_sec1() {
+    let env = Env::default().await;
+    for (algo, format) in [
+        ("rsa", "pkcs1"),
+        ("rsa", "pkcs8"),
+        ("ec", "sec1"),
+        ("ec", "pkcs8"),
+    ] {
+        let (cert, key) = device_with_key_format(&env, algo, format);
+        let mut s = settings(&env);
+        s.certificate_file_path = cert;
+        s.private_key_path = key;
+        let (p, _) = provider(s);
+        let c = p
+            .credentials()
+            .await
+            .unwrap_or_else(|e| panic!("{algo} {format}: {e}"));
+        assert!(c.access_key_id().starts_with("ASIA"));
+        assert!(c.session_token().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn root_ca_file_with_several_certificates() {
+    let env = Env::default().await;
+    let other = pki::Ca::new(env.tmp.path(), "Another root", "other-ca").unwrap();
+    let bundle = env.tmp.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        format!("{}{}", other.files.cert_pem, env.stack.ca.files.cert_pem),
+    )
+    .unwrap();
+    let mut s = settings(&env);
+    s.root_ca_path = bundle;
+    let (p, _) = provider(s);
+    p.credentials()
+        .await
+        .expect("the second CA in the file signs the server");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn untrusted_server_is_named_and_not_retried() {
+    let env = Env::default().await;
+    let other = pki::Ca::new(env.tmp.path(), "Another root", "other-ca").unwrap();
+    let mut s = settings(&env);
+    s.root_ca_path = other.files.cert_path.clone();
+    let (e, requests) = fail(s).await;
+    assert!(matches!(*e, Error::ServerNotTrusted { .. }), "{e:?}");
+    assert!(e.to_string().contains("rootCaPath"), "{e}");
+    assert_eq!(requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_certificate_from_unknown_ca_is_rejected_in_the_handshake() {
+    let env = Env::default().await;
+    let rogue = pki::Ca::new(env.tmp.path(), "Rogue CA", "rogue-ca").unwrap();
+    let dev = rogue
+        .device(env.tmp.path(), "rogue-device", "devstack-thing")
+        .unwrap();
+    let mut s = settings(&env);
+    s.certificate_file_path = dev.cert_path;
+    s.private_key_path = dev.key_path;
+    let (e, _) = fail(s).await;
+    assert!(matches!(*e, Error::CertificateRejected { .. }), "{e:?}");
+    assert!(e.to_string().contains("registered and ACTIVE"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_file_problems_are_named_before_any_request() {
+    let env = Env::default().await;
+    let other = env
+        .stack
+        .add_device(
+            "other",
+            Device {
+                thing: None,
+                allowed_aliases: vec![],
+                active: true,
+            },
+        )
+        .unwrap();
+    let mut s = settings(&env);
+    s.private_key_path = other.key_path.clone();
+    let (e, requests) = fail(s).await;
+    assert!(matches!(*e, Error::KeyMismatch { .. }), "{e:?}");
+    assert_eq!(requests, 0);
+
+    let mut s = settings(&env);
+    s.private_key_path = env.tmp.path().join("missing.key");
+    let (e, _) = fail(s).await;
+    let text = e.to_string();
+    assert!(
+        text.contains("privateKeyPath") && text.contains("no such file"),
+        "{text}"
+    );
+
+    let mut s = settings(&env);
+    s.private_key_path = env.stack.device.cert_path.clone();
+    let (e, _) = fail(s).await;
+    assert!(e.to_string().contains("no PEM private key"), "{e}");
+
+    let mut s = settings(&env);
+    s.root_ca_path = env.stack.device.key_path.clone();
+    let (e, _) = fail(s).await;
+    assert!(
+        e.to_string().contains("rootCaPath") && e.to_string().contains("no PEM CERTIFICATE"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_errors_map_to_their_fixes() {
+    let env = Env::default().await;
+    let acct = &env.stack.account;
+    acct.put_alias(
+        "NoTrust",
+        RoleAlias {
+            duration: Duration::from_secs(900),
+            role: Some(Role {
+                trusts_credentials_provider: false,
+                ..Role::new(Policy::allow_all())
+            }),
+        },
+    );
+    acct.put_alias(
+        "TooLong",
+        RoleAlias {
+            duration: Duration::from_secs(7200),
+            role: Some(Role {
+                max_session: Duration::from_secs(3600),
+                ..Role::new(Policy::allow_all())
+            }),
+        },
+    );
+    acct.put_alias(
+        "NotMine",
+        RoleAlias {
+            duration: Duration::from_secs(900),
+            role: Some(Role::new(Policy::allow_all())),
+        },
+    );
+    let everything = env
+        .stack
+        .add_device(
+            "all-aliases",
+            Device {
+                thing: Some("all".into()),
+                allowed_aliases: vec!["*".into()],
+                active: true,
+            },
+        )
+        .unwrap();
+
+    let with = |alias: &str, thing: &str, dev: Option<&pki::CertFiles>| {
+        let mut s = settings(&env);
+        s.role_alias = alias.into();
+        s.thing_name = Some(thing.into());
+        if let Some(d) = dev {
+            s.certificate_file_path = d.cert_path.clone();
+            s.private_key_path = d.key_path.clone();
+        }
+        s
+    };
+    let thing = env.stack.options.thing_name.clone();
+    let alias = env.stack.options.role_alias.clone();
+
+    let (e, n) = fail(with("NoSuchAlias", &thing, None)).await;
+    assert!(matches!(*e, Error::RoleAliasNotFound { .. }), "{e:?}");
+    assert_eq!(n, 1, "4xx is not retried");
+
+    let (e, _) = fail(with(&alias, "someone-else", None)).await;
+    assert!(matches!(*e, Error::InvalidThingName { .. }), "{e:?}");
+
+    let (e, _) = fail(with("NotMine", &thing, None)).await;
+    assert!(matches!(*e, Error::AccessDenied { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains(
+            "iot:AssumeRoleWithCertificate on arn:aws:iot:us-east-1:<account-id>:rolealias/NotMine"
+        ),
+        "{e}"
+    );
+
+    let (e, _) = fail(with("NoTrust", "all", Some(&everything))).await;
+    assert!(matches!(*e, Error::CannotAssumeRole { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("credentials.iot.amazonaws.com"),
+        "{e}"
+    );
+
+    let (e, _) = fail(with("TooLong", "all", Some(&everything))).await;
+    assert!(matches!(*e, Error::DurationTooLong { .. }), "{e:?}");
+
+    // Signed by the right CA but never registered in the account.
+    let unregistered = env
+        .stack
+        .ca
+        .device(env.tmp.path(), "unregistered", "ghost")
+        .unwrap();
+    let (e, _) = fail(with(&alias, "ghost", Some(&unregistered))).await;
+    assert!(matches!(*e, Error::CertificateNotValid { .. }), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_errors_are_negatively_cached() {
+    let env = Env::default().await;
+    let mut s = settings(&env);
+    s.role_alias = "Missing".into();
+    let (p, clock) = provider(s);
+    let e1 = p.credentials().await.unwrap_err();
+    let e2 = p.credentials().await.unwrap_err();
+    assert!(Arc::ptr_eq(&e1, &e2), "the cached failure is returned");
+    assert_eq!(
+        p.requests_sent(),
+        1,
+        "no request while the failure is cached"
+    );
+    clock.advance(CLIENT_ERROR_TTL + Duration::from_secs(1));
+    let _ = p.credentials().await.unwrap_err();
+    assert_eq!(p.requests_sent(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_and_throttling_are_retried_with_backoff() {
+    let env = Env::default().await;
+    env.stack
+        .account
+        .force_credential_responses(503, "Service Unavailable", 2);
+    let (p, _) = provider(settings(&env));
+    p.credentials().await.expect("third attempt succeeds");
+    assert_eq!(p.requests_sent(), 3);
+
+    env.stack
+        .account
+        .force_credential_responses(429, "Rate exceeded", 3);
+    let (p, _) = provider(settings(&env));
+    let e = p.credentials().await.unwrap_err();
+    assert!(matches!(*e, Error::Throttled { .. }), "{e:?}");
+    assert_eq!(p.requests_sent(), 3, "gives up after three attempts");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_callers_share_one_request() {
+    let env = Env::default().await;
+    let (p, _) = provider(settings(&env));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let p = p.clone();
+        tasks.spawn(async move {
+            p.provide_credentials()
+                .await
+                .map(|c| c.access_key_id().to_owned())
+        });
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    while let Some(r) = tasks.join_next().await {
+        keys.insert(r.unwrap().unwrap());
+    }
+    assert_eq!(keys.len(), 1);
+    assert_eq!(p.requests_sent(), 1);
+    assert_eq!(env.stack.account.stats().credentials_issued, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshes_ahead_of_expiry_and_keeps_valid_credentials_if_refresh_fails() {
+    let env = Env::default().await; // 3600 s credentials
+    let (p, clock) = provider(settings(&env));
+    let first = p.credentials().await.unwrap();
+    clock.advance(Duration::from_secs(3600 - 300 - 5));
+    assert_eq!(
+        p.credentials().await.unwrap().access_key_id(),
+        first.access_key_id()
+    );
+    assert_eq!(p.requests_sent(), 1, "still outside the refresh window");
+    clock.advance(Duration::from_secs(10));
+    let second = p.credentials().await.unwrap();
+    assert_ne!(
+        second.access_key_id(),
+        first.access_key_id(),
+        "refreshed 5 min before expiry"
+    );
+    assert_eq!(p.requests_sent(), 2);
+
+    // In the next refresh window the endpoint fails; the still-valid credentials are served.
+    // (The devstack stamps expiry with real time, so position the clock relative to it.)
+    let expires = p.expiration().await.unwrap();
+    let to_window = expires
+        .duration_since(gg_s3_sync::clock::Clock::now(&clock))
+        .unwrap();
+    clock.advance(to_window - Duration::from_secs(100));
+    env.stack
+        .account
+        .force_credential_responses(500, "Internal", 3);
+    let third = p.credentials().await.expect("still valid for ~5 minutes");
+    assert_eq!(third.access_key_id(), second.access_key_id());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_already_expired_by_the_local_clock_are_a_clock_problem() {
+    let env = Env::default().await;
+    let (p, clock) = provider(settings(&env));
+    clock.advance(Duration::from_secs(2 * 3600)); // device clock two hours ahead
+    let e = p.credentials().await.unwrap_err();
+    assert!(matches!(*e, Error::ExpiredOnArrival { .. }), "{e:?}");
+    assert!(e.to_string().contains("system clock is wrong"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_endpoint_is_retried_then_reported() {
+    let env = Env::default().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }; // closed now
+    let mut s = settings(&env);
+    s.endpoint = Endpoint {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let (e, requests) = fail(s).await;
+    assert!(matches!(*e, Error::Connect { .. }), "{e:?}");
+    assert!(e.to_string().contains("credentialsEndpoint"), "{e}");
+    assert_eq!(requests, 3);
+    let _ = Options::default();
+}

@@ -1,0 +1,277 @@
+//! End-to-end: the real `gg-s3-sync` binary against the devstack (mTLS credentials provider →
+//! session credentials → SigV4-verified, policy-enforcing S3).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{noise, run_async, tree, Env};
+use devstack::{Options, Policy};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_sync_then_noop_then_changed_object() {
+    let env = Env::default().await;
+    env.put("data/a.txt", "alpha").await;
+    env.put("data/sub/dir/b.bin", noise(300_000, 1)).await;
+    env.put("data/unicode-ñ/файл.txt", "unicode").await;
+    env.put("other/not-synced.txt", "outside the prefix").await;
+
+    let cfg = env.write_config(&env.config("data/", |_| {}));
+    let args = |c: &std::path::Path| {
+        vec![
+            "once".into(),
+            "--json".into(),
+            "--config".into(),
+            c.display().to_string(),
+        ]
+    };
+    let s = run_async(args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 3, "{s}");
+    assert_eq!(s["failed"], 0);
+    let t = tree(&env.local);
+    assert_eq!(t.len(), 3, "{:?}", t.keys());
+    assert_eq!(t["a.txt"], b"alpha");
+    assert_eq!(t["sub/dir/b.bin"], noise(300_000, 1));
+    assert_eq!(t["unicode-ñ/файл.txt"], b"unicode");
+
+    // Re-sync: nothing downloaded, no GET issued (only the listing).
+    let gets = env.stack.s3.get_count();
+    let s = run_async(args(&cfg)).await.assert_ok();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["unchanged"].as_u64()),
+        (Some(0), Some(3)),
+        "{s}"
+    );
+    assert_eq!(
+        env.stack.s3.get_count(),
+        gets,
+        "a no-op sync must not GET objects"
+    );
+
+    // Same size, different content: detected by ETag (aws-cli's size+mtime check misses this).
+    env.put("data/a.txt", "ALPHA").await;
+    let s = run_async(args(&cfg)).await.assert_ok();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["unchanged"].as_u64()),
+        (Some(1), Some(2)),
+        "{s}"
+    );
+    assert_eq!(std::fs::read(env.local.join("a.txt")).unwrap(), b"ALPHA");
+
+    // A local file deleted by someone else is restored; one edited is replaced.
+    std::fs::remove_file(env.local.join("unicode-ñ/файл.txt")).unwrap();
+    std::fs::write(env.local.join("sub/dir/b.bin"), b"tampered").unwrap();
+    let s = run_async(args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 2, "{s}");
+    assert_eq!(tree(&env.local)["sub/dir/b.bin"], noise(300_000, 1));
+    assert_eq!(tree(&env.local)["unicode-ñ/файл.txt"], b"unicode");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paginated_listing_and_concurrency() {
+    let env = Env::default().await;
+    for i in 0..1_205 {
+        env.put(
+            &format!("many/{:04}/f.txt", i),
+            format!("object {i}").as_str(),
+        )
+        .await;
+    }
+    let cfg = env.write_config(&env.config("many", |m| {
+        m.insert("maxConcurrency".into(), "16".into());
+    }));
+    let s = run_async(vec![
+        "once".into(),
+        "--json".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ])
+    .await
+    .assert_ok();
+    assert_eq!(s["listed"], 1205, "{s}");
+    assert_eq!(s["downloaded"], 1205);
+    assert_eq!(
+        env.stack.s3.list_count(),
+        2,
+        "1205 keys take two pages of 1000"
+    );
+    let t = tree(&env.local);
+    assert_eq!(t.len(), 1205);
+    assert_eq!(t["0777/f.txt"], b"object 777");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_object_only_policy_in_prefix_mode_names_list_bucket() {
+    let o = Options::default();
+    let env = Env::start(Options {
+        policy: Policy::get_only(&o.bucket),
+        ..o
+    })
+    .await;
+    env.put("data/a.txt", "a").await;
+    let cfg = env.write_config(&env.config("data/", |_| {}));
+    let r = run_async(vec![
+        "once".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ])
+    .await;
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("s3:ListBucket"), "{err}");
+    assert!(
+        err.contains(&format!("arn:aws:s3:::{}", env.bucket())),
+        "{err}"
+    );
+    assert!(err.contains("AccessDenied"), "{err}");
+    assert!(tree(&env.local).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_lived_credentials_are_refreshed_ahead_during_a_long_sync() {
+    let env = Env::start(Options {
+        credential_duration: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    for i in 0..24 {
+        env.put(&format!("slow/{i:02}"), noise(1000, i)).await;
+    }
+    env.stack.s3.set_get_delay(Duration::from_millis(200));
+    let cfg = env.write_config(&env.config("slow/", |m| {
+        m.insert("maxConcurrency".into(), "2".into());
+    }));
+    let s = run_async(vec![
+        "once".into(),
+        "--json".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ])
+    .await
+    .assert_ok();
+    assert_eq!(s["downloaded"], 24, "{s}");
+    let stats = env.stack.account.stats();
+    assert!(
+        stats.credentials_issued >= 2,
+        "the ~2.4 s sync must outlive the 2 s credentials: {stats:?}"
+    );
+    assert_eq!(
+        stats.s3_expired_token, 0,
+        "credentials must be renewed before they expire: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_expired_by_the_server_mid_sync_are_replaced_transparently() {
+    let env = Env::default().await;
+    for i in 0..20 {
+        env.put(&format!("exp/{i:02}"), noise(500, i)).await;
+    }
+    env.stack.s3.set_get_delay(Duration::from_millis(100));
+    let cfg = env.write_config(&env.config("exp/", |m| {
+        m.insert("maxConcurrency".into(), "1".into());
+    }));
+    let args = vec![
+        "once".into(),
+        "--json".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ];
+    let child = tokio::spawn(run_async(args));
+    // Once downloads are under way, the server expires every session (as a wrong clock would).
+    while env.stack.s3.get_count() < 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.stack.account.expire_all_sessions();
+    let s = child.await.unwrap().assert_ok();
+    assert_eq!(s["downloaded"], 20, "{s}");
+    let stats = env.stack.account.stats();
+    assert!(stats.s3_expired_token >= 1, "{stats:?}");
+    assert!(stats.credentials_issued >= 2, "{stats:?}");
+    assert_eq!(tree(&env.local).len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_keys_never_escape_local_dir() {
+    let env = Env::default().await;
+    let s3 = &env.stack.s3;
+    let b = env.bucket();
+    env.put("p/ok.txt", "fine").await;
+    for key in [
+        "p/../escape-1",
+        "p/a/../../escape-2",
+        "p//abs-escape",
+        "p/a//b",
+        "p/./dot",
+        "p/a/./b",
+        "p/..",
+        "p/a\\..\\..\\escape-3",
+        "p/tab\there",
+        "p/not-empty-folder/",
+    ] {
+        s3.put_virtual_object(b, key, b"pwned".to_vec());
+    }
+    s3.put_virtual_object(b, "p/folder-marker/", Vec::new());
+    let r = env.once("p/");
+    let s = r.assert_ok();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert_eq!(s["skipped"], 10, "{s}");
+    assert_eq!(s["folderMarkers"], 1, "{s}");
+    let skipped: Vec<String> = s["skippedKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(skipped.contains(&"p/../escape-1".to_owned()), "{skipped:?}");
+    // Nothing was written anywhere but localDir/ok.txt.
+    assert_eq!(tree(&env.local).keys().collect::<Vec<_>>(), ["ok.txt"]);
+    for name in ["escape-1", "escape-2", "escape-3", "abs-escape"] {
+        assert!(!env.tmp.path().join(name).exists(), "{name} escaped");
+        assert!(
+            !std::path::Path::new("/").join(name).exists(),
+            "{name} escaped to /"
+        );
+    }
+    assert!(
+        r.stderr().contains("skipping unsafe object key"),
+        "{}",
+        r.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_planted_in_local_dir_are_not_followed() {
+    let env = Env::default().await;
+    env.put("p/link/inside.txt", "x").await;
+    env.put("p/plain.txt", "y").await;
+    let outside = env.tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&env.local).unwrap();
+    std::os::unix::fs::symlink(&outside, env.local.join("link")).unwrap();
+    let r = env.once("p/");
+    assert_eq!(
+        r.code(),
+        Some(1),
+        "a refused object is a failed object: {}",
+        r.stderr()
+    );
+    let s = r.summary();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert!(
+        s["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("symlink"),
+        "{s}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through the symlink"
+    );
+}
