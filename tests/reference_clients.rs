@@ -1,0 +1,354 @@
+//! The devstack fakes checked by clients nobody here wrote: curl and AWS's own X.509
+//! credentials provider (awscrt) against the credentials endpoint; boto3 and the aws-cli
+//! against S3. If a fake drifts from AWS's behaviour, these fail.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Output};
+
+use common::{noise, python, tree, Env};
+use devstack::{Options, Policy};
+use serde_json::Value;
+
+fn curl(env: &Env, args: &[&str], path: &str) -> Output {
+    let url = format!("https://{}{path}", env.stack.credentials_endpoint());
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&env.stack.ca.files.cert_path)
+        .args(args)
+        .arg("-w")
+        .arg("\n%{http_code}")
+        .arg(url)
+        .output()
+        .expect("curl is installed")
+}
+
+fn split_status(out: &Output) -> (Value, u16) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (
+        serde_json::from_str(body).unwrap_or(Value::Null),
+        code.trim().parse().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_with_client_certificate() {
+    let env = Env::default().await;
+    let cert = env.stack.device.cert_path.to_str().unwrap().to_owned();
+    let key = env.stack.device.key_path.to_str().unwrap().to_owned();
+    let alias = env.stack.options.role_alias.clone();
+    let thing_header = format!("x-amzn-iot-thingname: {}", env.stack.options.thing_name);
+    let auth = [
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+        "-H",
+        thing_header.as_str(),
+    ];
+
+    let out = curl(&env, &auth, &format!("/role-aliases/{alias}/credentials"));
+    let (body, status) = split_status(&out);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out.stderr));
+    let c = &body["credentials"];
+    for field in [
+        "accessKeyId",
+        "secretAccessKey",
+        "sessionToken",
+        "expiration",
+    ] {
+        assert!(
+            c[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{field} in {body}"
+        );
+    }
+    assert!(c["expiration"].as_str().unwrap().ends_with('Z'));
+
+    let out = curl(
+        &env,
+        &[
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "-H",
+            "x-amzn-iot-thingname: not-mine",
+        ],
+        &format!("/role-aliases/{alias}/credentials"),
+    );
+    assert_eq!(
+        split_status(&out),
+        (
+            serde_json::json!({"message": "Invalid thing name passed"}),
+            403
+        )
+    );
+
+    let out = curl(&env, &auth, "/role-aliases/Nope/credentials");
+    assert_eq!(
+        split_status(&out),
+        (
+            serde_json::json!({"message": "Role alias does not exist"}),
+            404
+        )
+    );
+
+    // Without a client certificate the TLS layer refuses: no HTTP response at all.
+    let out = curl(&env, &[], &format!("/role-aliases/{alias}/credentials"));
+    assert!(
+        !out.status.success(),
+        "must fail without a client certificate"
+    );
+    assert_eq!(
+        split_status(&out).1,
+        0,
+        "no HTTP status without a client certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn awscrt_x509_credentials_provider() {
+    // aws-c-auth always connects to port 443; the tests run as root (see README).
+    let env = Env::start(Options {
+        credentials_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 443)),
+        ..Options::default()
+    })
+    .await;
+    let run = |thing: &str| {
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/py/awscrt_x509.py"
+            ))
+            .args(["localhost", thing, &env.stack.options.role_alias])
+            .arg(&env.stack.device.cert_path)
+            .arg(&env.stack.device.key_path)
+            .arg(&env.stack.ca.files.cert_path)
+            .output()
+            .expect("python with awscrt (run scripts/test)")
+    };
+    let out = tokio::task::block_in_place(|| run(&env.stack.options.thing_name));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["accessKeyId"].as_str().unwrap().starts_with("ASIA"),
+        "{v}"
+    );
+    assert_eq!(
+        (v["hasSecret"].as_bool(), v["hasToken"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert!(
+        v["expiration"].is_string(),
+        "awscrt parsed the expiration: {v}"
+    );
+    assert!(
+        env.stack
+            .account
+            .secret_for(v["accessKeyId"].as_str().unwrap())
+            .is_some(),
+        "awscrt received credentials the fake issued"
+    );
+
+    let out = tokio::task::block_in_place(|| run("not-my-thing"));
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["error"], "AWS_AUTH_CREDENTIALS_PROVIDER_HTTP_STATUS_FAILURE",
+        "{v}"
+    );
+}
+
+fn boto3(env: &Env, prefix: &str, ak: &str, sk: &str, token: Option<&str>) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/boto3_probe.py"
+    ))
+    .args([env.stack.s3.url().as_str(), env.bucket(), prefix])
+    .env("AWS_ACCESS_KEY_ID", ak)
+    .env("AWS_SECRET_ACCESS_KEY", sk)
+    .env("AWS_CONFIG_FILE", "/dev/null")
+    .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    .env_remove("AWS_PROFILE");
+    match token {
+        Some(t) => cmd.env("AWS_SESSION_TOKEN", t),
+        None => cmd.env_remove("AWS_SESSION_TOKEN"),
+    };
+    let out = cmd.output().expect("python with boto3 (run scripts/test)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_sees_aws_behaviour_from_the_s3_fake() {
+    let env = Env::default().await;
+    env.put("p/a.txt", "alpha").await;
+    env.put("p/b/c.txt", "charlie").await;
+    env.put("p/d.bin", noise(70_000, 3)).await;
+    let acct = &env.stack.account;
+    let der = env.stack.device.cert_der.clone();
+    let thing = env.stack.options.thing_name.clone();
+    let alias = env.stack.options.role_alias.clone();
+    let c = acct.exchange(&der, Some(&thing), &alias).unwrap();
+
+    let v = tokio::task::block_in_place(|| {
+        boto3(
+            &env,
+            "p/",
+            &c.access_key_id,
+            &c.secret_access_key,
+            Some(&c.session_token),
+        )
+    });
+    let list = v["list"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(list.len(), 3, "paginated with PageSize 2: {v}");
+    assert_eq!(list[0]["key"], "p/a.txt");
+    assert_eq!(
+        list[0]["etag"], "\"2c1743a391305fbf367df8e4f069f9f9\"",
+        "listing carries the MD5 ETag: {v}"
+    );
+    assert_eq!(
+        v["get"]["etag"], list[0]["etag"],
+        "GET and listing agree on the ETag"
+    );
+    assert_eq!(v["head"], list[0]["etag"]);
+    assert_eq!(
+        v["get_if_match_other"],
+        serde_json::json!({"error": "PreconditionFailed", "status": 412})
+    );
+    assert_eq!(v["get_if_none_match_same"]["status"], 304, "{v}");
+    assert_eq!(
+        v["put"]["error"], "AccessDenied",
+        "the role only reads: {v}"
+    );
+
+    // A wrong session token, and an access key without its token.
+    let v = tokio::task::block_in_place(|| {
+        boto3(
+            &env,
+            "p/",
+            &c.access_key_id,
+            &c.secret_access_key,
+            Some("bogus"),
+        )
+    });
+    assert_eq!(v["list"]["error"], "InvalidToken", "{v}");
+    let v = tokio::task::block_in_place(|| {
+        boto3(&env, "p/", &c.access_key_id, &c.secret_access_key, None)
+    });
+    assert_eq!(v["list"]["error"], "InvalidAccessKeyId", "{v}");
+    // A wrong secret: the signature is really verified.
+    let v = tokio::task::block_in_place(|| {
+        boto3(
+            &env,
+            "p/",
+            &c.access_key_id,
+            "wrong-secret",
+            Some(&c.session_token),
+        )
+    });
+    assert_eq!(v["list"]["error"], "SignatureDoesNotMatch", "{v}");
+    // Expired session.
+    acct.expire_all_sessions();
+    let v = tokio::task::block_in_place(|| {
+        boto3(
+            &env,
+            "p/",
+            &c.access_key_id,
+            &c.secret_access_key,
+            Some(&c.session_token),
+        )
+    });
+    assert_eq!(v["list"]["error"], "ExpiredToken", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_with_get_object_only_credentials() {
+    let o = Options::default();
+    let env = Env::start(Options {
+        policy: Policy::get_only(&o.bucket),
+        ..o
+    })
+    .await;
+    env.put("p/a.txt", "alpha").await;
+    let c = env
+        .stack
+        .account
+        .exchange(
+            &env.stack.device.cert_der,
+            None,
+            &env.stack.options.role_alias,
+        )
+        .unwrap();
+    let v = tokio::task::block_in_place(|| {
+        boto3(
+            &env,
+            "p/",
+            &c.access_key_id,
+            &c.secret_access_key,
+            Some(&c.session_token),
+        )
+    });
+    assert_eq!(
+        v["list"],
+        serde_json::json!({"error": "AccessDenied", "status": 403})
+    );
+    assert_eq!(
+        v["get_first_known"]["length"], 5,
+        "GetObject is allowed: {v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_cli_sync_and_the_component_produce_the_same_tree() {
+    let env = Env::default().await;
+    env.put("s/one.txt", "1").await;
+    env.put("s/deep/er/two.bin", noise(123_456, 9)).await;
+    env.put("s/three.txt", "three").await;
+    let c = env
+        .stack
+        .account
+        .exchange(
+            &env.stack.device.cert_der,
+            None,
+            &env.stack.options.role_alias,
+        )
+        .unwrap();
+    let dest = env.tmp.path().join("aws-cli");
+    let out = tokio::task::block_in_place(|| {
+        Command::new(python())
+            .args([
+                "-m",
+                "awscli",
+                "s3",
+                "sync",
+                "--only-show-errors",
+                "--endpoint-url",
+            ])
+            .arg(env.stack.s3.url())
+            .arg(format!("s3://{}/s/", env.bucket()))
+            .arg(&dest)
+            .env("AWS_ACCESS_KEY_ID", &c.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &c.secret_access_key)
+            .env("AWS_SESSION_TOKEN", &c.session_token)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .expect("python with awscli (run scripts/test)")
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.once("s/").assert_ok();
+    assert_eq!(tree(&dest), tree(&env.local));
+    assert_eq!(tree(&dest).len(), 3);
+}
