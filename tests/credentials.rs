@@ -424,6 +424,23 @@ async fn credentials_already_expired_by_the_local_clock_are_a_clock_problem() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sends_sni_for_the_endpoint_host() {
+    // The fake, like AWS, refuses connections whose SNI does not name the endpoint; every other
+    // test connects to "localhost" and succeeds. An IP address carries no SNI and is refused.
+    let env = Env::default().await;
+    let mut s = settings(&env);
+    s.endpoint = Endpoint {
+        host: "127.0.0.1".into(),
+        port: env.stack.credentials.addr().port(),
+    };
+    let (e, _) = fail(s).await;
+    assert!(
+        e.is_retryable(),
+        "a dropped connection looks like a network failure: {e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unreachable_endpoint_is_retried_then_reported() {
     let env = Env::default().await;
     let port = {

@@ -101,6 +101,33 @@ async fn paginated_listing_and_concurrency() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn downloads_are_bounded_by_max_concurrency() {
+    let env = Env::default().await;
+    for i in 0..30 {
+        env.put(&format!("c/{i:02}"), noise(64 * 1024, i)).await;
+    }
+    env.stack.s3.set_chunk_delay(Duration::from_millis(2));
+    let cfg = env.write_config(&env.config("c/", |m| {
+        m.insert("maxConcurrency".into(), "3".into());
+    }));
+    let s = run_async(vec![
+        "once".into(),
+        "--json".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ])
+    .await
+    .assert_ok();
+    assert_eq!(s["downloaded"], 30, "{s}");
+    let peak = env.stack.s3.max_concurrent_gets();
+    assert!(
+        peak <= 3,
+        "at most maxConcurrency bodies in flight, saw {peak}"
+    );
+    assert!(peak >= 2, "downloads run concurrently, saw {peak}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn get_object_only_policy_in_prefix_mode_names_list_bucket() {
     let o = Options::default();
     let env = Env::start(Options {

@@ -90,6 +90,12 @@ impl CredentialsProvider {
                             return;
                         }
                     };
+                    // AWS requires SNI naming the endpoint; so does this fake (its certificate
+                    // names localhost), which proves clients send it.
+                    if tls.get_ref().1.server_name() != Some("localhost") {
+                        tracing::debug!(sni = ?tls.get_ref().1.server_name(), "credentials provider: connection without SNI 'localhost' refused");
+                        return;
+                    }
                     let peer = tls
                         .get_ref()
                         .1

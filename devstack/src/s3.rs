@@ -80,6 +80,8 @@ struct Shared {
     get_delay: Duration,
     chunk_delay: Duration,
     gets: u64,
+    in_flight: u64,
+    max_in_flight: u64,
     lists: u64,
 }
 
@@ -165,6 +167,24 @@ fn check_conditions(
     Ok(())
 }
 
+/// Counts a GET as in flight until its body is dropped.
+struct InFlight(Arc<Mutex<Shared>>);
+
+impl InFlight {
+    fn new(shared: &Arc<Mutex<Shared>>) -> Self {
+        let mut s = lock(shared);
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).in_flight -= 1;
+    }
+}
+
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = S3Result<S3Response<T>>> + Send + 'a>>;
 
 /// Forwards operations to s3s-fs unchanged (the `async_trait` desugaring, written out because
@@ -214,6 +234,7 @@ impl S3 for DevS3 {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        let in_flight = InFlight::new(&self.shared);
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         if let Some(v) = self.virtual_object(&bucket, &key) {
             check_conditions(
@@ -240,14 +261,17 @@ impl S3 for DevS3 {
             )?;
         }
         let mut resp = self.fs.get_object(req).await?;
-        if !chunk_delay.is_zero() {
-            if let Some(body) = resp.output.body.take() {
-                let slow = futures_util::StreamExt::then(body, move |chunk| async move {
-                    tokio::time::sleep(chunk_delay).await;
+        if let Some(body) = resp.output.body.take() {
+            let body = futures_util::StreamExt::then(body, move |chunk| {
+                let _still_in_flight = &in_flight;
+                async move {
+                    if !chunk_delay.is_zero() {
+                        tokio::time::sleep(chunk_delay).await;
+                    }
                     chunk.map_err(|e| std::io::Error::other(e.to_string()))
-                });
-                resp.output.body = Some(StreamingBlob::wrap(slow));
-            }
+                }
+            });
+            resp.output.body = Some(StreamingBlob::wrap(body));
         }
         Ok(resp)
     }
@@ -565,6 +589,12 @@ impl S3Server {
     #[must_use]
     pub fn get_count(&self) -> u64 {
         self.s3.shared().gets
+    }
+
+    /// The most GETs whose bodies were being sent at the same time.
+    #[must_use]
+    pub fn max_concurrent_gets(&self) -> u64 {
+        self.s3.shared().max_in_flight
     }
 
     /// ListObjectsV2 requests received.
