@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::{python, run_async, tree};
+use common::{once_args, python, run_async, tree};
 use devstack::pki;
 use serde_json::{json, Value};
 
@@ -85,20 +85,11 @@ impl Moto {
     }
 }
 
-fn args(cfg: &std::path::Path) -> Vec<String> {
-    vec![
-        "once".into(),
-        "--json".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn syncs_from_moto_with_sts_session_credentials() {
     let moto = tokio::task::spawn_blocking(|| start("read")).await.unwrap();
     let cfg = moto.config();
-    let s = run_async(args(&cfg)).await.assert_ok();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
     assert_eq!(
         (s["downloaded"].as_u64(), s["failed"].as_u64()),
         (Some(3), Some(0)),
@@ -110,7 +101,7 @@ async fn syncs_from_moto_with_sts_session_credentials() {
     for (rel, data) in &local {
         assert_eq!(expected[&format!("p/{rel}")], md5_hex(data), "{rel}");
     }
-    let s = run_async(args(&cfg)).await.assert_ok();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
     assert_eq!(
         (s["downloaded"].as_u64(), s["unchanged"].as_u64()),
         (Some(0), Some(3)),
@@ -123,7 +114,7 @@ async fn moto_get_object_only_role_gives_the_list_bucket_fix() {
     let moto = tokio::task::spawn_blocking(|| start("getonly"))
         .await
         .unwrap();
-    let r = run_async(args(&moto.config())).await;
+    let r = run_async(once_args(&moto.config())).await;
     assert_eq!(r.code(), Some(1), "{}", r.stderr());
     assert!(
         r.stderr()

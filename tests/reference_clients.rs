@@ -191,21 +191,12 @@ async fn boto3_sees_aws_behaviour_from_the_s3_fake() {
     env.put("p/a.txt", "alpha").await;
     env.put("p/b/c.txt", "charlie").await;
     env.put("p/d.bin", noise(70_000, 3)).await;
-    let acct = &env.stack.account;
-    let der = env.stack.device.cert_der.clone();
-    let thing = env.stack.options.thing_name.clone();
-    let alias = env.stack.options.role_alias.clone();
-    let c = acct.exchange(&der, Some(&thing), &alias).unwrap();
+    let c = env.session();
+    let probe = |secret: &str, token: Option<&str>| {
+        tokio::task::block_in_place(|| boto3(&env, "p/", &c.access_key_id, secret, token))
+    };
 
-    let v = tokio::task::block_in_place(|| {
-        boto3(
-            &env,
-            "p/",
-            &c.access_key_id,
-            &c.secret_access_key,
-            Some(&c.session_token),
-        )
-    });
+    let v = probe(&c.secret_access_key, Some(&c.session_token));
     let list = v["list"].as_array().unwrap_or_else(|| panic!("{v}"));
     assert_eq!(list.len(), 3, "paginated with PageSize 2: {v}");
     assert_eq!(list[0]["key"], "p/a.txt");
@@ -229,42 +220,16 @@ async fn boto3_sees_aws_behaviour_from_the_s3_fake() {
     );
 
     // A wrong session token, and an access key without its token.
-    let v = tokio::task::block_in_place(|| {
-        boto3(
-            &env,
-            "p/",
-            &c.access_key_id,
-            &c.secret_access_key,
-            Some("bogus"),
-        )
-    });
+    let v = probe(&c.secret_access_key, Some("bogus"));
     assert_eq!(v["list"]["error"], "InvalidToken", "{v}");
-    let v = tokio::task::block_in_place(|| {
-        boto3(&env, "p/", &c.access_key_id, &c.secret_access_key, None)
-    });
+    let v = probe(&c.secret_access_key, None);
     assert_eq!(v["list"]["error"], "InvalidAccessKeyId", "{v}");
     // A wrong secret: the signature is really verified.
-    let v = tokio::task::block_in_place(|| {
-        boto3(
-            &env,
-            "p/",
-            &c.access_key_id,
-            "wrong-secret",
-            Some(&c.session_token),
-        )
-    });
+    let v = probe("wrong-secret", Some(&c.session_token));
     assert_eq!(v["list"]["error"], "SignatureDoesNotMatch", "{v}");
     // Expired session.
-    acct.expire_all_sessions();
-    let v = tokio::task::block_in_place(|| {
-        boto3(
-            &env,
-            "p/",
-            &c.access_key_id,
-            &c.secret_access_key,
-            Some(&c.session_token),
-        )
-    });
+    env.stack.account.expire_all_sessions();
+    let v = probe(&c.secret_access_key, Some(&c.session_token));
     assert_eq!(v["list"]["error"], "ExpiredToken", "{v}");
 }
 
@@ -277,15 +242,7 @@ async fn boto3_with_get_object_only_credentials() {
     })
     .await;
     env.put("p/a.txt", "alpha").await;
-    let c = env
-        .stack
-        .account
-        .exchange(
-            &env.stack.device.cert_der,
-            None,
-            &env.stack.options.role_alias,
-        )
-        .unwrap();
+    let c = env.session();
     let v = tokio::task::block_in_place(|| {
         boto3(
             &env,
@@ -311,15 +268,7 @@ async fn aws_cli_sync_and_the_component_produce_the_same_tree() {
     env.put("s/one.txt", "1").await;
     env.put("s/deep/er/two.bin", noise(123_456, 9)).await;
     env.put("s/three.txt", "three").await;
-    let c = env
-        .stack
-        .account
-        .exchange(
-            &env.stack.device.cert_der,
-            None,
-            &env.stack.options.role_alias,
-        )
-        .unwrap();
+    let c = env.session();
     let dest = env.tmp.path().join("aws-cli");
     let out = tokio::task::block_in_place(|| {
         Command::new(python())

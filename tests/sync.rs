@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{noise, run_async, tree, Env};
+use common::{noise, once_args, run_async, tree, Env};
 use devstack::{Options, Policy};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,15 +17,7 @@ async fn full_sync_then_noop_then_changed_object() {
     env.put("other/not-synced.txt", "outside the prefix").await;
 
     let cfg = env.write_config(&env.config("data/", |_| {}));
-    let args = |c: &std::path::Path| {
-        vec![
-            "once".into(),
-            "--json".into(),
-            "--config".into(),
-            c.display().to_string(),
-        ]
-    };
-    let s = run_async(args(&cfg)).await.assert_ok();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
     assert_eq!(s["downloaded"], 3, "{s}");
     assert_eq!(s["failed"], 0);
     let t = tree(&env.local);
@@ -36,7 +28,7 @@ async fn full_sync_then_noop_then_changed_object() {
 
     // Re-sync: nothing downloaded, no GET issued (only the listing).
     let gets = env.stack.s3.get_count();
-    let s = run_async(args(&cfg)).await.assert_ok();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
     assert_eq!(
         (s["downloaded"].as_u64(), s["unchanged"].as_u64()),
         (Some(0), Some(3)),
@@ -50,7 +42,7 @@ async fn full_sync_then_noop_then_changed_object() {
 
     // Same size, different content: detected by ETag (aws-cli's size+mtime check misses this).
     env.put("data/a.txt", "ALPHA").await;
-    let s = run_async(args(&cfg)).await.assert_ok();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
     assert_eq!(
         (s["downloaded"].as_u64(), s["unchanged"].as_u64()),
         (Some(1), Some(2)),
@@ -61,7 +53,7 @@ async fn full_sync_then_noop_then_changed_object() {
     // A local file deleted by someone else is restored; one edited is replaced.
     std::fs::remove_file(env.local.join("unicode-ñ/файл.txt")).unwrap();
     std::fs::write(env.local.join("sub/dir/b.bin"), b"tampered").unwrap();
-    let s = run_async(args(&cfg)).await.assert_ok();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
     assert_eq!(s["downloaded"], 2, "{s}");
     assert_eq!(tree(&env.local)["sub/dir/b.bin"], noise(300_000, 1));
     assert_eq!(tree(&env.local)["unicode-ñ/файл.txt"], b"unicode");
@@ -77,17 +69,12 @@ async fn paginated_listing_and_concurrency() {
         )
         .await;
     }
-    let cfg = env.write_config(&env.config("many", |m| {
-        m.insert("maxConcurrency".into(), "16".into());
-    }));
-    let s = run_async(vec![
-        "once".into(),
-        "--json".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ])
-    .await
-    .assert_ok();
+    let s = env
+        .once_with("many", |m| {
+            m.insert("maxConcurrency".into(), "16".into());
+        })
+        .await
+        .assert_ok();
     assert_eq!(s["listed"], 1205, "{s}");
     assert_eq!(s["downloaded"], 1205);
     assert_eq!(
@@ -107,17 +94,12 @@ async fn downloads_are_bounded_by_max_concurrency() {
         env.put(&format!("c/{i:02}"), noise(64 * 1024, i)).await;
     }
     env.stack.s3.set_chunk_delay(Duration::from_millis(2));
-    let cfg = env.write_config(&env.config("c/", |m| {
-        m.insert("maxConcurrency".into(), "3".into());
-    }));
-    let s = run_async(vec![
-        "once".into(),
-        "--json".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ])
-    .await
-    .assert_ok();
+    let s = env
+        .once_with("c/", |m| {
+            m.insert("maxConcurrency".into(), "3".into());
+        })
+        .await
+        .assert_ok();
     assert_eq!(s["downloaded"], 30, "{s}");
     let peak = env.stack.s3.max_concurrent_gets();
     assert!(
@@ -165,17 +147,12 @@ async fn short_lived_credentials_are_refreshed_ahead_during_a_long_sync() {
         env.put(&format!("slow/{i:02}"), noise(1000, i)).await;
     }
     env.stack.s3.set_get_delay(Duration::from_millis(200));
-    let cfg = env.write_config(&env.config("slow/", |m| {
-        m.insert("maxConcurrency".into(), "2".into());
-    }));
-    let s = run_async(vec![
-        "once".into(),
-        "--json".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ])
-    .await
-    .assert_ok();
+    let s = env
+        .once_with("slow/", |m| {
+            m.insert("maxConcurrency".into(), "2".into());
+        })
+        .await
+        .assert_ok();
     assert_eq!(s["downloaded"], 24, "{s}");
     let stats = env.stack.account.stats();
     assert!(
@@ -198,12 +175,7 @@ async fn credentials_expired_by_the_server_mid_sync_are_replaced_transparently()
     let cfg = env.write_config(&env.config("exp/", |m| {
         m.insert("maxConcurrency".into(), "1".into());
     }));
-    let args = vec![
-        "once".into(),
-        "--json".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ];
+    let args = once_args(&cfg);
     let child = tokio::spawn(run_async(args));
     // Once downloads are under way, the server expires every session (as a wrong clock would).
     while env.stack.s3.get_count() < 5 {

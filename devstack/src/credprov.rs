@@ -14,11 +14,9 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::account::{Account, Refusal};
+use crate::listener::Listener;
 
 /// Server start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +38,7 @@ pub enum Error {
 /// A running credentials provider.
 #[derive(Debug)]
 pub struct CredentialsProvider {
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
+    listener: Listener,
 }
 
 impl CredentialsProvider {
@@ -59,87 +55,54 @@ impl CredentialsProvider {
     ) -> Result<Self, Error> {
         let config = tls_config(client_ca_pem, server_cert_pem, server_key_pem)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|source| Error::Bind { addr: bind, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { addr: bind, source })?;
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let (c, t) = (cancel.clone(), tracker.clone());
-        tracker.spawn(async move {
-            loop {
-                let (sock, _) = tokio::select! {
-                    () = c.cancelled() => break,
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "credentials provider accept failed");
-                            continue;
-                        }
-                    },
-                };
-                let _ = sock.set_nodelay(true);
-                let (acceptor, account, c2) = (acceptor.clone(), account.clone(), c.clone());
-                t.spawn(async move {
-                    let tls = match acceptor.accept(sock).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "credentials provider TLS handshake failed");
-                            return;
-                        }
-                    };
-                    // AWS requires SNI naming the endpoint; so does this fake (its certificate
-                    // names localhost), which proves clients send it.
-                    if tls.get_ref().1.server_name() != Some("localhost") {
-                        tracing::debug!(sni = ?tls.get_ref().1.server_name(), "credentials provider: connection without SNI 'localhost' refused");
+        let listener = Listener::start(bind, move |sock| {
+            let (acceptor, account) = (acceptor.clone(), account.clone());
+            async move {
+                let tls = match acceptor.accept(sock).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "credentials provider TLS handshake failed");
                         return;
                     }
-                    let peer = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| c.to_vec())
-                        .unwrap_or_default();
-                    let svc = hyper::service::service_fn(move |req| {
-                        let account = account.clone();
-                        let peer = peer.clone();
-                        async move { Ok::<_, Infallible>(handle(&account, &peer, &req)) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc);
-                    tokio::select! {
-                        () = c2.cancelled() => {}
-                        r = conn => if let Err(e) = r { tracing::debug!(error = %e, "credentials provider connection ended"); },
-                    }
+                };
+                // AWS requires SNI naming the endpoint; so does this fake (its certificate
+                // names localhost), which proves clients send it.
+                if tls.get_ref().1.server_name() != Some("localhost") {
+                    tracing::debug!(sni = ?tls.get_ref().1.server_name(), "credentials provider: connection without SNI 'localhost' refused");
+                    return;
+                }
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default();
+                let svc = hyper::service::service_fn(move |req| {
+                    let account = account.clone();
+                    let peer = peer.clone();
+                    async move { Ok::<_, Infallible>(handle(&account, &peer, &req)) }
                 });
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "credentials provider connection ended");
+                }
             }
-        });
-        Ok(Self {
-            addr,
-            cancel,
-            tracker,
         })
+        .await
+        .map_err(|source| Error::Bind { addr: bind, source })?;
+        Ok(Self { listener })
     }
 
     /// The bound address.
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// Stops accepting and closes connections.
     pub async fn stop(&self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
-}
-
-impl Drop for CredentialsProvider {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+        self.listener.stop().await;
     }
 }
 

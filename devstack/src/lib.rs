@@ -18,6 +18,7 @@
 pub mod account;
 pub mod credprov;
 pub mod iam;
+mod listener;
 pub mod pki;
 pub mod s3;
 

@@ -75,6 +75,25 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
     })
 }
 
+/// Writes `<stem>.pem` and `<stem>.key` and returns both in memory too.
+fn save(
+    dir: &Path,
+    stem: &str,
+    cert: &rcgen::Certificate,
+    key: &KeyPair,
+) -> Result<CertFiles, Error> {
+    let files = CertFiles {
+        cert_pem: cert.pem(),
+        cert_der: cert.der().to_vec(),
+        key_pem: key.serialize_pem(),
+        cert_path: dir.join(format!("{stem}.pem")),
+        key_path: dir.join(format!("{stem}.key")),
+    };
+    write(&files.cert_path, &files.cert_pem)?;
+    write(&files.key_path, &files.key_pem)?;
+    Ok(files)
+}
+
 fn name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -97,15 +116,7 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
         ];
         let cert = gen("CA certificate", params.self_signed(&key))?;
-        let files = CertFiles {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            key_pem: key.serialize_pem(),
-            cert_path: dir.join(format!("{file_stem}.pem")),
-            key_path: dir.join(format!("{file_stem}.key")),
-        };
-        write(&files.cert_path, &files.cert_pem)?;
-        write(&files.key_path, &files.key_pem)?;
+        let files = save(dir, file_stem, &cert, &key)?;
         Ok(Self {
             issuer: Issuer::new(params, key),
             files,
@@ -176,15 +187,6 @@ impl Ca {
     ) -> Result<CertFiles, Error> {
         let key = gen("key", key)?;
         let cert = gen("certificate", params.signed_by(&key, &self.issuer))?;
-        let files = CertFiles {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            key_pem: key.serialize_pem(),
-            cert_path: dir.join(format!("{file_stem}.pem")),
-            key_path: dir.join(format!("{file_stem}.key")),
-        };
-        write(&files.cert_path, &files.cert_pem)?;
-        write(&files.key_path, &files.key_pem)?;
-        Ok(files)
+        save(dir, file_stem, &cert, &key)
     }
 }

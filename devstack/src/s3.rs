@@ -28,12 +28,10 @@ use s3s::dto::{
 };
 use s3s::path::S3Path;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::account::Account;
 use crate::iam;
+use crate::listener::Listener;
 
 /// S3 server failures.
 #[derive(Debug, thiserror::Error)]
@@ -410,11 +408,9 @@ impl S3Access for DevAccess {
 /// A running S3 server.
 #[derive(Debug)]
 pub struct S3Server {
-    addr: SocketAddr,
+    listener: Listener,
     root: PathBuf,
     s3: DevS3,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
 }
 
 impl S3Server {
@@ -439,58 +435,34 @@ impl S3Server {
             b.set_access(DevAccess(account));
             b.build()
         };
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|source| Error::Bind { addr: bind, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { addr: bind, source })?;
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let (c, t) = (cancel.clone(), tracker.clone());
-        tracker.spawn(async move {
-            loop {
-                let sock = tokio::select! {
-                    () = c.cancelled() => break,
-                    r = listener.accept() => match r {
-                        Ok((sock, _)) => sock,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "S3 accept failed");
-                            continue;
-                        }
-                    },
-                };
-                let _ = sock.set_nodelay(true);
-                let (service, c2) = (service.clone(), c.clone());
-                t.spawn(async move {
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(sock), service);
-                    tokio::select! {
-                        () = c2.cancelled() => {}
-                        r = conn => if let Err(e) = r { tracing::debug!(error = %e, "S3 connection ended"); },
-                    }
-                });
+        let listener = Listener::start(bind, move |sock| {
+            let service = service.clone();
+            async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection(TokioIo::new(sock), service).await {
+                    tracing::debug!(error = %e, "S3 connection ended");
+                }
             }
-        });
+        })
+        .await
+        .map_err(|source| Error::Bind { addr: bind, source })?;
         Ok(Self {
-            addr,
+            listener,
             root: root.to_owned(),
             s3,
-            cancel,
-            tracker,
         })
     }
 
     /// The bound address.
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// `http://127.0.0.1:<port>`.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.listener.addr())
     }
 
     /// The data folder.
@@ -605,14 +577,6 @@ impl S3Server {
 
     /// Stops accepting and closes connections.
     pub async fn stop(&self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+        self.listener.stop().await;
     }
 }

@@ -71,6 +71,27 @@ impl Env {
         path
     }
 
+    /// Writes a config for `prefix` (with `edit`) and runs `once --json` off the runtime.
+    pub async fn once_with(
+        &self,
+        prefix: &str,
+        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+    ) -> Run {
+        run_async(once_args(&self.write_config(&self.config(prefix, edit)))).await
+    }
+
+    /// Session credentials for the default device, as the credentials provider issues them.
+    pub fn session(&self) -> devstack::account::Issued {
+        self.stack
+            .account
+            .exchange(
+                &self.stack.device.cert_der,
+                None,
+                &self.stack.options.role_alias,
+            )
+            .expect("credentials for the default device")
+    }
+
     /// Runs `gg-s3-sync once` with the default config for `prefix`.
     pub fn once(&self, prefix: &str) -> Run {
         let cfg = self.write_config(&self.config(prefix, |_| {}));
@@ -139,6 +160,16 @@ impl Run {
         );
         self.summary()
     }
+}
+
+/// `once --json --config <cfg>`.
+pub fn once_args(cfg: &Path) -> Vec<String> {
+    vec![
+        "once".into(),
+        "--json".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ]
 }
 
 pub fn bin() -> &'static str {
