@@ -264,3 +264,63 @@ async fn once_reports_credentials_errors_with_exit_1() {
         r.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_private_key_names_its_permissions_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    // Runs the component as `nobody` (root ignores file modes), with a root-only key like the
+    // Greengrass installer writes. Everything it needs is copied into a folder nobody can reach.
+    let env = Env::default().await;
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(env.tmp.path(), 0o755);
+    let dir = env.tmp.path().join("as-nobody");
+    std::fs::create_dir(&dir).unwrap();
+    mode(&dir, 0o777);
+    let copy = |from: &std::path::Path, name: &str, m: u32| {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).unwrap();
+        mode(&to, m);
+        to
+    };
+    let binary = copy(std::path::Path::new(bin()), "gg-s3-sync", 0o755);
+    let key = copy(&env.stack.device.key_path, "privKey.key", 0o600);
+    let cert = copy(&env.stack.device.cert_path, "thingCert.crt", 0o644);
+    let ca = copy(&env.stack.ca.files.cert_path, "rootCA.pem", 0o644);
+    let cfg = env.config("k/", |m| {
+        m.insert("privateKeyPath".into(), key.display().to_string().into());
+        m.insert(
+            "certificateFilePath".into(),
+            cert.display().to_string().into(),
+        );
+        m.insert("rootCaPath".into(), ca.display().to_string().into());
+        m.insert(
+            "localDir".into(),
+            dir.join("local").display().to_string().into(),
+        );
+        m.insert(
+            "stateDir".into(),
+            dir.join("state").display().to_string().into(),
+        );
+    });
+    let cfg_path = copy(&env.write_config(&cfg), "config.json", 0o644);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(["once", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for needle in [
+        "cannot read the private key",
+        "(privateKeyPath)",
+        "mode 0600 and owner uid 0",
+        "runs as uid 65534",
+        "RequiresPrivilege: true",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in {err}");
+    }
+}
