@@ -8,6 +8,7 @@
 //!   provider (mutual TLS), with its own cache, single flight, refresh ahead, negative cache.
 //! - [`sync`]: the engine; `sync::plan` decides (pure), `sync::s3` and `sync::local` do I/O,
 //!   `sync::state` remembers what was written.
+//! - [`ipc`]: Greengrass IPC client (frame/codec/rpc/model/client).
 //! - [`app`]: the supervisor that runs passes until cancelled.
 //! - [`clock`], [`backoff`]: injected time and retry policy.
 
@@ -16,4 +17,5 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod ipc;
 pub mod sync;

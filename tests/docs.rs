@@ -4,8 +4,12 @@ use std::collections::BTreeSet;
 
 #[test]
 fn readme_configuration_table_matches_the_accepted_keys() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let section = readme.split("## Configuration").nth(1).expect("a Configuration section");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Configuration")
+        .nth(1)
+        .expect("a Configuration section");
     let section = section.split("\n## ").next().unwrap();
     let documented: BTreeSet<&str> = section
         .lines()
