@@ -19,6 +19,7 @@ pub mod account;
 pub mod credprov;
 pub mod iam;
 mod listener;
+pub mod nucleus;
 pub mod pki;
 pub mod s3;
 

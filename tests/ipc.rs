@@ -1,0 +1,175 @@
+//! The component's IPC client against the devstack's fake nucleus (itself checked by AWS's
+//! Python client in devstack/tests/nucleus_official_client.rs).
+
+use std::time::Duration;
+
+use devstack::nucleus::FakeNucleus;
+use gg_s3_sync::ipc::model::LifecycleState;
+use gg_s3_sync::ipc::{Error, IpcClient};
+use serde_json::json;
+
+async fn setup() -> (tempfile::TempDir, FakeNucleus, IpcClient) {
+    let dir = tempfile::tempdir().unwrap();
+    let n = FakeNucleus::start(dir.path()).await.unwrap();
+    n.set_nucleus_config(json!({"iotCredEndpoint": "x.credentials.iot.us-east-1.amazonaws.com"}));
+    let token = n.register_component(
+        "com.example.Sync",
+        json!({"bucket": "b", "nested": {"k": 1}}),
+    );
+    let c = IpcClient::connect(n.socket(), &token).await.unwrap();
+    (dir, n, c)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unary_operations() {
+    let (_d, n, c) = setup().await;
+    assert_eq!(
+        c.get_configuration(None, &[]).await.unwrap(),
+        json!({"bucket": "b", "nested": {"k": 1}})
+    );
+    assert_eq!(
+        c.get_configuration(None, &["bucket"]).await.unwrap(),
+        json!({"bucket": "b"})
+    );
+    assert_eq!(
+        c.get_configuration(Some("aws.greengrass.Nucleus"), &["iotCredEndpoint"])
+            .await
+            .unwrap(),
+        json!({"iotCredEndpoint": "x.credentials.iot.us-east-1.amazonaws.com"})
+    );
+    let e = c.get_configuration(None, &["nope"]).await.unwrap_err();
+    assert!(e.is_resource_not_found(), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "GetConfiguration failed: ResourceNotFoundError: Key not found"
+    );
+
+    c.update_state(LifecycleState::Running).await.unwrap();
+    c.publish_to_iot_core("a/b", b"\x00\x01bin").await.unwrap();
+    c.publish_to_topic("local/t", json!({"x": 1}))
+        .await
+        .unwrap();
+    assert_eq!(n.states("com.example.Sync"), ["RUNNING"]);
+    assert_eq!(n.iot_publishes()[0].payload, b"\x00\x01bin");
+    assert_eq!(n.local_publishes()[0].message, json!({"x": 1}));
+    let e = c.publish_to_topic("local/#", json!({})).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Operation { ref code, .. } if code == "InvalidArgumentsError"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_keep_stream_ids_in_order() {
+    let (_d, n, c) = setup().await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let c = c.clone();
+        set.spawn(async move { c.publish_to_topic("t", json!({"i": i})).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap()
+            .expect("the fake rejects out-of-order stream ids with PROTOCOL_ERROR");
+    }
+    assert_eq!(n.local_publishes().len(), 200);
+    assert!(!c.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_deliver_events_and_unsubscribe_on_drop() {
+    let (_d, n, c) = setup().await;
+    let mut cfg = c
+        .subscribe_to_configuration_update(None, &[])
+        .await
+        .unwrap();
+    n.update_configuration("com.example.Sync", &[], &json!({"bucket": "b2"}));
+    let ev = cfg
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .configuration_update_event
+        .unwrap();
+    assert_eq!(ev.key_path, ["bucket"]);
+
+    let mut topic = c.subscribe_to_topic("gg-s3-sync/sync-now").await.unwrap();
+    n.publish_local("gg-s3-sync/sync-now", json!({"reason": "test"}));
+    let m = topic.next().await.unwrap().unwrap();
+    assert_eq!(m.json_message.unwrap().message, json!({"reason": "test"}));
+    drop(topic);
+    assert!(
+        n.wait_until(Duration::from_secs(5), |n| !n
+            .subscribed_to_topic("com.example.Sync", "gg-s3-sync/sync-now"))
+            .await
+    );
+
+    let mut updates = c.subscribe_to_component_updates().await.unwrap();
+    let nucleus = n.clone();
+    let deployment = tokio::spawn(async move {
+        nucleus
+            .component_update("dep-1", Duration::from_secs(10))
+            .await
+    });
+    let ev = updates.next().await.unwrap().unwrap();
+    let pre = ev.pre_update_event.unwrap();
+    c.defer_component_update(&pre.deployment_id, Some("busy"), 50)
+        .await
+        .unwrap();
+    let again = updates.next().await.unwrap().unwrap();
+    assert!(
+        again.pre_update_event.is_some(),
+        "re-asked after recheckAfterMs"
+    );
+    c.defer_component_update("dep-1", None, 0).await.unwrap();
+    assert!(
+        deployment.await.unwrap(),
+        "the update proceeds once acknowledged"
+    );
+    assert!(updates
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .post_update_event
+        .is_some());
+    assert_eq!(
+        n.defers()
+            .iter()
+            .map(|d| d.recheck_after_ms)
+            .collect::<Vec<_>>(),
+        [50, 0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_token_and_lost_connection() {
+    let (_d, n, c) = setup().await;
+    let e = IpcClient::connect(n.socket(), "WRONGWRONGWRONG0")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::AccessDenied), "{e:?}");
+    assert!(e.to_string().contains("SVCUID"));
+
+    let mut sub = c
+        .subscribe_to_configuration_update(None, &[])
+        .await
+        .unwrap();
+    n.disconnect_all();
+    let reason = tokio::time::timeout(Duration::from_secs(5), c.closed())
+        .await
+        .expect("closed resolves");
+    assert!(reason.contains("closed"), "{reason}");
+    assert!(matches!(
+        sub.next().await,
+        Some(Err(Error::ConnectionLost { .. })) | None
+    ));
+    assert!(matches!(
+        c.update_state(LifecycleState::Running).await,
+        Err(Error::ConnectionLost { .. })
+    ));
+
+    let e = IpcClient::connect(&n.socket().with_file_name("missing.socket"), "x")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e:?}");
+}
