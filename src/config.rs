@@ -45,7 +45,28 @@ pub const KNOWN_KEYS: &[&str] = &[
     "rootCaPath",
     "stateDir",
     "credentialsRefreshAheadSeconds",
+    "statusTopic",
+    "localStatusTopic",
+    "triggerTopic",
 ];
+
+/// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
+/// reads them); accepted without a warning.
+pub const NUCLEUS_KEYS: &[&str] = &["accessControl"];
+
+/// Default `localStatusTopic`.
+pub const DEFAULT_LOCAL_STATUS_TOPIC: &str = "gg-s3-sync/status";
+/// Default `triggerTopic`.
+pub const DEFAULT_TRIGGER_TOPIC: &str = "gg-s3-sync/sync-now";
+
+/// The default `statusTopic` for a thing.
+#[must_use]
+pub fn default_status_topic(thing_name: Option<&str>) -> String {
+    match thing_name {
+        Some(t) => format!("gg-s3-sync/{t}/status"),
+        None => "gg-s3-sync/status".to_owned(),
+    }
+}
 
 /// Errors loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +234,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `credentialsRefreshAheadSeconds`.
     pub credentials_refresh_ahead: Duration,
+    /// `statusTopic`: MQTT topic for status documents (`None` = disabled with "").
+    pub status_topic: Option<String>,
+    /// `localStatusTopic`: local pub/sub topic for status documents (`None` = disabled).
+    pub local_status_topic: Option<String>,
+    /// `triggerTopic`: local topic whose messages start a pass (`None` = disabled).
+    pub trigger_topic: Option<String>,
 }
 
 /// The result of a successful parse: the configuration and what deserves a warning.
@@ -312,6 +339,13 @@ impl Config {
         let state_dir = r
             .optional_str("stateDir")
             .map_or_else(|| Some(working_dir.to_owned()), |s| Some(base_dir.join(s)));
+        let status_topic = r.topic(
+            "statusTopic",
+            true,
+            &default_status_topic(thing_name.as_deref()),
+        );
+        let local_status_topic = r.topic("localStatusTopic", true, DEFAULT_LOCAL_STATUS_TOPIC);
+        let trigger_topic = r.topic("triggerTopic", false, DEFAULT_TRIGGER_TOPIC);
         let refresh_ahead = r.number(
             "credentialsRefreshAheadSeconds",
             DEFAULT_REFRESH_AHEAD_SECS,
@@ -341,6 +375,9 @@ impl Config {
                 root_ca_path: root_ca_path?,
                 state_dir: state_dir?,
                 credentials_refresh_ahead: Duration::from_secs(refresh_ahead?),
+                status_topic: status_topic?,
+                local_status_topic: local_status_topic?,
+                trigger_topic: trigger_topic?,
             })
         })();
         config
@@ -355,7 +392,7 @@ impl Config {
 }
 
 fn unknown_key_warnings(map: &Map<String, Value>) -> Vec<String> {
-    let known: BTreeSet<&str> = KNOWN_KEYS.iter().copied().collect();
+    let known: BTreeSet<&str> = KNOWN_KEYS.iter().chain(NUCLEUS_KEYS).copied().collect();
     map.keys()
         .filter(|k| !known.contains(k.as_str()))
         .map(|k| {
@@ -416,6 +453,32 @@ impl Reader<'_> {
             return self.fail(key, "a path cannot contain a NUL character");
         }
         Some(self.base_dir.join(s))
+    }
+
+    /// A topic: absent = `default`, "" = disabled (`Some(None)`), else validated.
+    fn topic(&mut self, key: &str, publish: bool, default: &str) -> Option<Option<String>> {
+        let raw = match self.map.get(key) {
+            None | Some(Value::Null) => return Some(Some(default.to_owned())),
+            Some(Value::String(s)) => s.trim().to_owned(),
+            Some(other) => {
+                return self.fail(key, format!("expected a topic string, got {}", kind(other)))
+            }
+        };
+        if raw.is_empty() {
+            return Some(None);
+        }
+        let wildcard = raw.contains(['#', '+', '*']);
+        if publish && wildcard {
+            return self.fail(
+                key,
+                format!("a topic to publish on cannot contain wildcards, got '{raw}'"),
+            );
+        }
+        if raw.len() > 256 || raw.starts_with("$aws") && publish && !raw.starts_with("$aws/rules/")
+        {
+            return self.fail(key, format!("'{raw}' is not a topic this component may publish on (reserved or over 256 characters)"));
+        }
+        Some(Some(raw))
     }
 
     fn number(&mut self, key: &str, default: u64, min: u64, max: u64) -> Option<u64> {
@@ -693,6 +756,28 @@ mod tests {
         assert_eq!(ok(&with("prefix", json!("data/"))).config.prefix, "data/");
         let e = err(&with("prefix", json!("/data/")));
         assert!(e[0].problem.contains("use 'data/'"), "{}", e[0]);
+    }
+
+    #[test]
+    fn status_and_trigger_topics() {
+        let c = ok(&base()).config;
+        assert_eq!(c.status_topic.as_deref(), Some("gg-s3-sync/thing-1/status"));
+        assert_eq!(c.local_status_topic.as_deref(), Some("gg-s3-sync/status"));
+        assert_eq!(c.trigger_topic.as_deref(), Some("gg-s3-sync/sync-now"));
+        let c = ok(&with("statusTopic", json!(""))).config;
+        assert_eq!(c.status_topic, None, "empty disables");
+        let e = err(&with("localStatusTopic", json!("a/#")));
+        assert!(e[0].problem.contains("wildcards"), "{}", e[0]);
+        let c = ok(&with("triggerTopic", json!("fleet/+/sync"))).config;
+        assert_eq!(
+            c.trigger_topic.as_deref(),
+            Some("fleet/+/sync"),
+            "subscriptions may use wildcards"
+        );
+        assert!(
+            ok(&with("accessControl", json!({}))).warnings.is_empty(),
+            "accessControl is the nucleus's"
+        );
     }
 
     #[test]

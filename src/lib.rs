@@ -9,7 +9,9 @@
 //! - [`sync`]: the engine; `sync::plan` decides (pure), `sync::s3` and `sync::local` do I/O,
 //!   `sync::state` remembers what was written.
 //! - [`ipc`]: Greengrass IPC client (frame/codec/rpc/model/client).
-//! - [`app`]: the supervisor that runs passes until cancelled.
+//! - [`discovery`]: Greengrass mode fills configuration gaps from the nucleus (pure).
+//! - [`status`]: the status document (pure).
+//! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
 //! - [`clock`], [`backoff`]: injected time and retry policy.
 
 pub mod app;
@@ -17,5 +19,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod discovery;
 pub mod ipc;
+pub mod status;
 pub mod sync;

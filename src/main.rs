@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use gg_s3_sync::app::greengrass;
 use gg_s3_sync::config::Config;
 use gg_s3_sync::sync::{chain, Error as SyncError, Summary};
 use gg_s3_sync::{app, clock};
@@ -30,11 +31,16 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Sync now and then every syncIntervalSeconds until SIGTERM/SIGINT.
+    /// Sync now and then every syncIntervalSeconds until SIGTERM/SIGINT. Without --config,
+    /// runs as a Greengrass component: configuration, status and events over IPC.
     Run {
-        /// Configuration file (YAML or JSON).
+        /// Configuration file (YAML or JSON). Omit under Greengrass.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// The Greengrass root folder (the recipe passes {kernel:rootPath}); used to find the
+        /// device certificate and key when the configuration does not name them.
+        #[arg(long)]
+        kernel_root: Option<PathBuf>,
     },
     /// Sync once; exit 0 if every object is in place, 1 otherwise.
     Once {
@@ -49,6 +55,8 @@ enum Command {
 
 /// Exit code for a configuration problem (clap also uses 2 for usage errors).
 const EXIT_CONFIG: u8 = 2;
+/// Exit code when Greengrass IPC fails: the nucleus restarts the component.
+const EXIT_IPC: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -78,12 +86,38 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     tokio::spawn(stop_on_signal(cancel.clone()));
     let clock = clock::system();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run {
+            config: Some(config),
+            ..
+        } => {
             let config = load(&config)?;
             app::run(&config, clock, &cancel)
                 .await
                 .context("cannot start syncing")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            config: None,
+            kernel_root,
+        } => {
+            let cwd = std::env::current_dir().context("cannot determine the working folder")?;
+            let Some(env) =
+                greengrass::Environment::from_vars(|k| std::env::var(k).ok(), kernel_root, cwd)
+            else {
+                anyhow::bail!(
+                    "no --config given and not started by Greengrass (SVCUID and \
+                     AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT are not set); pass --config FILE"
+                );
+            };
+            match greengrass::run(env, clock, cancel).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    let text = chain(&e);
+                    tracing::error!("{text}; exiting so the nucleus restarts the component");
+                    eprintln!("error: {text}");
+                    Ok(ExitCode::from(EXIT_IPC))
+                }
+            }
         }
         Command::Once { config, json } => {
             let config = load(&config)?;

@@ -369,6 +369,18 @@ impl Syncer {
         })
     }
 
+    /// The credentials provider in use.
+    #[must_use]
+    pub fn credentials(&self) -> &IotCredentialsProvider {
+        &self.credentials
+    }
+
+    /// The settings in use.
+    #[must_use]
+    pub fn settings(&self) -> &SyncSettings {
+        &self.settings
+    }
+
     /// The state file in use.
     #[must_use]
     pub fn state_path(&self) -> &std::path::Path {

@@ -1,5 +1,10 @@
 //! The supervisor: builds the credentials provider and the sync engine from a configuration,
 //! runs one pass or a pass every interval, and stops at a safe point when cancelled.
+//!
+//! - this module: file mode (`--config`);
+//! - `greengrass`: Greengrass mode (configuration, status and events over IPC).
+
+pub mod greengrass;
 
 use std::time::Duration;
 

@@ -1,0 +1,609 @@
+//! Greengrass mode: started by the nucleus (`SVCUID`, socket path in the environment), with
+//! everything else over IPC.
+//!
+//! One loop owns the state and reacts to: configuration updates (re-read, validate, apply
+//! without restart, or keep the last good configuration and report why), trigger messages
+//! (a pass now), component-update events (defer while a pass runs, then acknowledge), the
+//! interval timer, the end of a pass (publish status), SIGTERM (stop cleanly, exit 0) and the
+//! loss of the IPC connection (exit non-zero so the nucleus restarts the component with a
+//! fresh token).
+//!
+//! Lifecycle state: RUNNING once configured. ERRORED only when a restart could fix it: a
+//! subscription the nucleus ended or a sync task that died; configuration and AWS-side problems
+//! are not fixed by restarting, so they are reported in the status document and retried.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::{self, Config};
+use crate::credentials::{rfc3339, IotCredentialsProvider, ProviderSettings};
+use crate::discovery::{self, Facts};
+use crate::ipc::model::{
+    ComponentUpdatePolicyEvents, ConfigurationUpdateEvents, LifecycleState,
+    SubscriptionResponseMessage,
+};
+use crate::ipc::{self, IpcClient, Subscription};
+use crate::status::{Context, StatusDocument};
+use crate::sync::{self, chain, Summary, SyncSettings, Syncer};
+
+/// How long to gather further configuration events before re-reading (a deployment's merge
+/// arrives as one event per changed key).
+const CONFIG_DEBOUNCE: Duration = Duration::from_millis(300);
+/// While a pass runs, ask the nucleus to check back after this long.
+const DEFER_RECHECK: Duration = Duration::from_secs(5);
+/// Deferral message shown in the deployment's status.
+const DEFER_MESSAGE: &str =
+    "gg-s3-sync: a sync pass is in progress; the update proceeds when it finishes";
+/// The nucleus's own configuration.
+const NUCLEUS: &str = "aws.greengrass.Nucleus";
+
+/// Greengrass-mode failures that end the process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// IPC failed (connection lost, refused, …); the nucleus will restart the component.
+    #[error("Greengrass IPC")]
+    Ipc(#[from] ipc::Error),
+    /// The nucleus ended a subscription the component relies on.
+    #[error("the nucleus ended the {what} subscription")]
+    SubscriptionEnded {
+        /// Which.
+        what: &'static str,
+    },
+    /// A sync task died.
+    #[error("the sync task failed: {detail}")]
+    TaskFailed {
+        /// The panic or cancellation.
+        detail: String,
+    },
+}
+
+/// What the nucleus gives a component in its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    /// `AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`, exactly as given.
+    pub socket: PathBuf,
+    /// `SVCUID`.
+    pub token: String,
+    /// `{kernel:rootPath}` (passed by the recipe).
+    pub kernel_root: Option<PathBuf>,
+    /// The working folder (`{work:path}`): default `stateDir`, base of relative paths.
+    pub working_dir: PathBuf,
+    /// `AWS_IOT_THING_NAME`.
+    pub thing_name: Option<String>,
+    /// `AWS_REGION`.
+    pub region: Option<String>,
+    /// `GG_ROOT_CA_PATH`.
+    pub root_ca: Option<String>,
+}
+
+impl Environment {
+    /// Reads the nucleus's variables from `get`; `None` when not started by a nucleus.
+    pub fn from_vars(
+        get: impl Fn(&str) -> Option<String>,
+        kernel_root: Option<PathBuf>,
+        working_dir: PathBuf,
+    ) -> Option<Self> {
+        let non_empty = |k: &str| get(k).filter(|v| !v.is_empty());
+        Some(Self {
+            socket: PathBuf::from(non_empty(
+                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+            )?),
+            token: non_empty("SVCUID")?,
+            kernel_root,
+            working_dir,
+            thing_name: non_empty("AWS_IOT_THING_NAME"),
+            region: non_empty("AWS_REGION").or_else(|| non_empty("AWS_DEFAULT_REGION")),
+            root_ca: non_empty("GG_ROOT_CA_PATH"),
+        })
+    }
+}
+
+type PassResult = (Syncer, Result<Summary, sync::Error>);
+
+/// The loop's state.
+struct Supervisor {
+    ipc: IpcClient,
+    env: Environment,
+    clock: SharedClock,
+    cancel: CancellationToken,
+    config: Option<Config>,
+    syncer: Option<Syncer>,
+    pass: Option<JoinHandle<PassResult>>,
+    pass_cancel: CancellationToken,
+    last_pass: Option<Summary>,
+    trigger: Option<(String, Subscription<SubscriptionResponseMessage>)>,
+    reported_running: bool,
+    sources_logged: bool,
+    next_pass: tokio::time::Instant,
+    pass_requested: bool,
+    reload_requested: bool,
+    deferred: Option<String>,
+    updating: bool,
+}
+
+/// Runs until SIGTERM (`Ok`) or until IPC fails (`Err`: exit non-zero).
+///
+/// # Errors
+/// [`Error`] when the component should be restarted by the nucleus.
+pub async fn run(
+    env: Environment,
+    clock: SharedClock,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let ipc = IpcClient::connect(&env.socket, &env.token).await?;
+    tracing::info!(socket = %env.socket.display(), "connected to the Greengrass nucleus");
+    let mut config_events = ipc.subscribe_to_configuration_update(None, &[]).await?;
+    let mut updates = match ipc.subscribe_to_component_updates().await {
+        Ok(s) => Some(s),
+        Err(e) if !e.is_connection_error() => {
+            tracing::warn!(error = %chain(&e), "cannot subscribe to component updates; deployments will not wait for a running pass");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut s = Supervisor {
+        ipc: ipc.clone(),
+        env,
+        clock,
+        pass_cancel: cancel.child_token(),
+        cancel,
+        config: None,
+        syncer: None,
+        pass: None,
+        last_pass: None,
+        trigger: None,
+        reported_running: false,
+        sources_logged: false,
+        next_pass: now(),
+        pass_requested: true,
+        reload_requested: true,
+        deferred: None,
+        updating: false,
+    };
+    let result = s.main_loop(&mut config_events, &mut updates).await;
+    s.pass_cancel.cancel();
+    if let Some(handle) = s.pass.take() {
+        let _ = handle.await;
+    }
+    if let Err(e) = &result {
+        if matches!(
+            e,
+            Error::SubscriptionEnded { .. } | Error::TaskFailed { .. }
+        ) {
+            let _ = s.ipc.update_state(LifecycleState::Errored).await;
+        }
+    } else {
+        tracing::info!("stopped");
+    }
+    result
+}
+
+#[allow(clippy::disallowed_methods)] // tokio timers need tokio instants; durations come from config
+fn now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
+async fn next_or_pending<T: serde::de::DeserializeOwned>(
+    sub: &mut Option<Subscription<T>>,
+) -> Option<Result<T, ipc::Error>> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Supervisor {
+    async fn main_loop(
+        &mut self,
+        config_events: &mut Subscription<ConfigurationUpdateEvents>,
+        updates: &mut Option<Subscription<ComponentUpdatePolicyEvents>>,
+    ) -> Result<(), Error> {
+        loop {
+            if self.reload_requested && self.pass.is_none() {
+                self.reload_requested = false;
+                self.reload().await?;
+            }
+            if self.pass.is_none()
+                && !self.updating
+                && self.syncer.is_some()
+                && (self.pass_requested || now() >= self.next_pass)
+            {
+                self.start_pass();
+            }
+            let ipc = self.ipc.clone();
+            let mut trigger = self.trigger.take();
+            let idle = self.pass.is_none() && self.syncer.is_some();
+            tokio::select! {
+                // Each branch is cancel-safe: Subscription::next loses no event when dropped,
+                // and the pass handle and timers are only polled.
+                () = self.cancel.cancelled() => {
+                    self.trigger = trigger;
+                    return Ok(());
+                }
+                reason = ipc.closed() => {
+                    return Err(ipc::Error::ConnectionLost { reason }.into());
+                }
+                ev = config_events.next() => match ev {
+                    Some(Ok(_)) => {
+                        // Gather the rest of the deployment's events, then re-read once.
+                        let _ = tokio::time::timeout(CONFIG_DEBOUNCE, async {
+                            while let Some(Ok(_)) = config_events.next().await {}
+                        }).await;
+                        tracing::info!("configuration changed");
+                        self.reload_requested = true;
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(Error::SubscriptionEnded { what: "configuration update" }),
+                },
+                msg = async { match trigger.as_mut() { Some((_, sub)) => sub.next().await, None => std::future::pending().await } } => {
+                    match msg {
+                        Some(Ok(_)) => {
+                            tracing::info!("sync requested on the trigger topic");
+                            self.pass_requested = true;
+                        }
+                        Some(Err(e)) if e.is_connection_error() => return Err(e.into()),
+                        Some(Err(e)) => tracing::warn!(error = %chain(&e), "trigger topic message"),
+                        None => {
+                            tracing::warn!("the nucleus ended the trigger subscription; resubscribing at the next configuration read");
+                            trigger = None;
+                            self.reload_requested = true;
+                        }
+                    }
+                }
+                ev = next_or_pending(updates) => match ev {
+                    Some(Ok(ev)) => self.on_component_update(ev).await?,
+                    Some(Err(e)) if e.is_connection_error() => return Err(e.into()),
+                    Some(Err(e)) => tracing::warn!(error = %chain(&e), "component update event"),
+                    None => return Err(Error::SubscriptionEnded { what: "component updates" }),
+                },
+                done = async { match self.pass.as_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
+                    self.pass = None;
+                    match done {
+                        Ok((syncer, result)) => {
+                            self.syncer = Some(syncer);
+                            self.finish_pass(result).await;
+                        }
+                        Err(e) => return Err(Error::TaskFailed { detail: e.to_string() }),
+                    }
+                    if let Some(id) = self.deferred.take() {
+                        tracing::info!(deployment = %id, "pass finished; letting the deferred update proceed");
+                        if let Err(e) = self.ipc.defer_component_update(&id, None, 0).await {
+                            tracing::warn!(error = %chain(&e), "cannot acknowledge the component update");
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(self.next_pass), if idle && !self.updating => {}
+            }
+            if self.trigger.is_none() {
+                self.trigger = trigger;
+            }
+        }
+    }
+
+    async fn on_component_update(&mut self, ev: ComponentUpdatePolicyEvents) -> Result<(), Error> {
+        if let Some(pre) = ev.pre_update_event {
+            self.updating = true;
+            if self.pass.is_some() {
+                tracing::info!(deployment = %pre.deployment_id, "deferring a component update until the running pass finishes");
+                let ms = u64::try_from(DEFER_RECHECK.as_millis()).unwrap_or(u64::MAX);
+                self.ipc
+                    .defer_component_update(&pre.deployment_id, Some(DEFER_MESSAGE), ms)
+                    .await?;
+                self.deferred = Some(pre.deployment_id);
+            } else {
+                tracing::info!(deployment = %pre.deployment_id, "no pass running; the component update may proceed");
+                self.ipc
+                    .defer_component_update(&pre.deployment_id, None, 0)
+                    .await?;
+            }
+        }
+        if let Some(post) = ev.post_update_event {
+            tracing::info!(deployment = %post.deployment_id, "component update finished");
+            self.updating = false;
+        }
+        Ok(())
+    }
+
+    async fn gather_facts(&self) -> Result<Facts, Error> {
+        let nucleus = |key: &'static str| {
+            let ipc = self.ipc.clone();
+            async move {
+                match ipc.get_configuration(Some(NUCLEUS), &[key]).await {
+                    Ok(v) => Ok(v
+                        .get(key)
+                        .and_then(|x| x.as_str())
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)),
+                    Err(e) if e.is_connection_error() => Err(e),
+                    Err(e) => {
+                        tracing::debug!(key, error = %chain(&e), "nucleus configuration key not available");
+                        Ok(None)
+                    }
+                }
+            }
+        };
+        let system = match &self.env.kernel_root {
+            Some(root) => {
+                let path = root.join("config").join("effectiveConfig.yaml");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => discovery::parse_effective_config(&text).unwrap_or_else(|e| {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot parse the nucleus configuration");
+                        discovery::SystemConfig::default()
+                    }),
+                    Err(e) => {
+                        tracing::debug!(path = %path.display(), error = %e, "nucleus configuration not readable");
+                        discovery::SystemConfig::default()
+                    }
+                }
+            }
+            None => discovery::SystemConfig::default(),
+        };
+        Ok(Facts {
+            nucleus_cred_endpoint: nucleus("iotCredEndpoint").await?,
+            nucleus_region: nucleus("awsRegion").await?,
+            nucleus_role_alias: nucleus("iotRoleAlias").await?,
+            env_thing_name: self.env.thing_name.clone(),
+            env_region: self.env.region.clone(),
+            env_root_ca: self.env.root_ca.clone(),
+            system,
+            kernel_root: self.env.kernel_root.clone(),
+        })
+    }
+
+    /// Re-reads, validates and applies the configuration; an invalid one is reported and the
+    /// last good one kept.
+    async fn reload(&mut self) -> Result<(), Error> {
+        let own = self.ipc.get_configuration(None, &[]).await?;
+        let facts = self.gather_facts().await?;
+        let resolved = discovery::resolve(&own, &facts);
+        let wd = self.env.working_dir.clone();
+        let parsed = match Config::from_value(&resolved.document, &wd, &wd) {
+            Ok(p) => p,
+            Err(e) => {
+                let kept = if self.config.is_some() {
+                    "; keeping the last good configuration"
+                } else {
+                    ""
+                };
+                let message = format!("{}{kept}", chain(&e));
+                tracing::error!(%message, "invalid configuration");
+                for (key, source) in resolved
+                    .sources
+                    .iter()
+                    .filter(|(_, s)| s.starts_with("not found"))
+                {
+                    tracing::error!(key, "{source}");
+                }
+                self.publish(StatusDocument::error(
+                    &self.context().await,
+                    self.timestamp(),
+                    "ConfigInvalid",
+                    message,
+                    self.last_pass.clone(),
+                ))
+                .await;
+                return Ok(());
+            }
+        };
+        if !self.sources_logged {
+            for (key, source) in &resolved.sources {
+                tracing::info!(key, source = %source, "configuration source");
+            }
+            self.sources_logged = true;
+        }
+        for w in &parsed.warnings {
+            tracing::warn!("{w}");
+        }
+        let config = parsed.config;
+        if self.config.as_ref() == Some(&config) {
+            return Ok(());
+        }
+        self.apply(config).await
+    }
+
+    async fn apply(&mut self, config: Config) -> Result<(), Error> {
+        let provider_settings = ProviderSettings::from(&config);
+        // Keep the credentials cache unless what it depends on changed.
+        let provider = match &self.syncer {
+            Some(s) if *s.credentials().settings() == provider_settings => s.credentials().clone(),
+            _ => IotCredentialsProvider::new(provider_settings, self.clock.clone()),
+        };
+        let syncer = match Syncer::new(SyncSettings::from(&config), provider, self.clock.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                let message = chain(&e);
+                tracing::error!(%message, "cannot use the new configuration");
+                self.publish(StatusDocument::error(
+                    &self.context().await,
+                    self.timestamp(),
+                    e.code(),
+                    message,
+                    self.last_pass.clone(),
+                ))
+                .await;
+                return Ok(());
+            }
+        };
+        let interval_changed = self
+            .config
+            .as_ref()
+            .is_some_and(|c| c.sync_interval != config.sync_interval);
+        tracing::info!(
+            bucket = %config.bucket, prefix = %config.prefix, local_dir = %config.local_dir.display(),
+            region = %config.region, credentials_endpoint = %config.credentials_endpoint, role_alias = %config.role_alias,
+            interval_s = config.sync_interval.as_secs(), state = %syncer.state_path().display(),
+            "configuration applied"
+        );
+        self.resubscribe_trigger(config.trigger_topic.clone())
+            .await?;
+        self.syncer = Some(syncer);
+        self.config = Some(config);
+        // A new configuration is synced at once.
+        self.pass_requested = true;
+        if interval_changed {
+            self.next_pass = now();
+        }
+        if !self.reported_running {
+            self.ipc.update_state(LifecycleState::Running).await?;
+            self.reported_running = true;
+        }
+        Ok(())
+    }
+
+    async fn resubscribe_trigger(&mut self, topic: Option<String>) -> Result<(), Error> {
+        if self.trigger.as_ref().map(|(t, _)| t) == topic.as_ref() {
+            return Ok(());
+        }
+        self.trigger = None; // dropping unsubscribes
+        if let Some(topic) = topic {
+            match self.ipc.subscribe_to_topic(&topic).await {
+                Ok(sub) => self.trigger = Some((topic, sub)),
+                Err(e) if e.is_connection_error() => return Err(e.into()),
+                Err(e) => tracing::warn!(
+                    topic = %topic, error = %chain(&e),
+                    "cannot subscribe to the trigger topic; grant aws.greengrass#SubscribeToTopic on it in accessControl (aws.greengrass.ipc.pubsub)"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn start_pass(&mut self) {
+        let Some(mut syncer) = self.syncer.take() else {
+            return;
+        };
+        self.pass_requested = false;
+        let cancel = self.pass_cancel.clone();
+        self.pass = Some(tokio::spawn(async move {
+            let result = syncer.run_pass(&cancel).await;
+            (syncer, result)
+        }));
+    }
+
+    async fn finish_pass(&mut self, result: Result<Summary, sync::Error>) {
+        let interval = self.config.as_ref().map_or(
+            Duration::from_secs(config::DEFAULT_SYNC_INTERVAL_SECS),
+            |c| c.sync_interval,
+        );
+        self.next_pass = now() + interval;
+        let doc = match result {
+            Ok(summary) => {
+                tracing::info!(
+                    listed = summary.listed,
+                    downloaded = summary.downloaded,
+                    unchanged = summary.unchanged,
+                    skipped = summary.skipped,
+                    failed = summary.failed,
+                    bytes = summary.bytes,
+                    duration_ms = summary.duration_ms,
+                    "sync pass finished"
+                );
+                self.last_pass = Some(summary.clone());
+                StatusDocument::after_pass(&self.context().await, self.timestamp(), summary)
+            }
+            Err(sync::Error::Cancelled) => return,
+            Err(e) => {
+                let message = chain(&e);
+                tracing::error!(code = e.code(), error = %message, "sync pass failed; retrying at the next interval");
+                StatusDocument::error(
+                    &self.context().await,
+                    self.timestamp(),
+                    e.code(),
+                    message,
+                    self.last_pass.clone(),
+                )
+            }
+        };
+        self.publish(doc).await;
+    }
+
+    fn timestamp(&self) -> String {
+        rfc3339(self.clock.now())
+    }
+
+    async fn context(&self) -> Context {
+        let expiration = match &self.syncer {
+            Some(s) => s.credentials().expiration().await.map(rfc3339),
+            None => None,
+        };
+        let c = self.config.as_ref();
+        Context {
+            thing_name: c
+                .and_then(|c| c.thing_name.clone())
+                .or_else(|| self.env.thing_name.clone()),
+            bucket: c.map(|c| c.bucket.clone()),
+            prefix: c.map(|c| c.prefix.clone()),
+            local_dir: c.map(|c| c.local_dir.display().to_string()),
+            credentials_expiration: expiration,
+        }
+    }
+
+    /// Publishes to IoT Core and locally; failures are logged with the fix, never fatal.
+    async fn publish(&self, doc: StatusDocument) {
+        let (iot, local) = match &self.config {
+            Some(c) => (c.status_topic.clone(), c.local_status_topic.clone()),
+            None => (
+                Some(config::default_status_topic(self.env.thing_name.as_deref())),
+                Some(config::DEFAULT_LOCAL_STATUS_TOPIC.to_owned()),
+            ),
+        };
+        let Ok(value) = serde_json::to_value(&doc) else {
+            return;
+        };
+        if let Some(topic) = iot {
+            if let Err(e) = self
+                .ipc
+                .publish_to_iot_core(&topic, value.to_string().as_bytes())
+                .await
+            {
+                tracing::warn!(topic = %topic, error = %chain(&e), "cannot publish status to IoT Core; grant aws.greengrass#PublishToIoTCore on it in accessControl (aws.greengrass.ipc.mqttproxy)");
+            }
+        }
+        if let Some(topic) = local {
+            if let Err(e) = self.ipc.publish_to_topic(&topic, value).await {
+                tracing::warn!(topic = %topic, error = %chain(&e), "cannot publish status locally; grant aws.greengrass#PublishToTopic on it in accessControl (aws.greengrass.ipc.pubsub)");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_needs_socket_and_token() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(Environment::from_vars(vars(&[("SVCUID", "T")]), None, "/w".into()).is_none());
+        let e = Environment::from_vars(
+            vars(&[
+                ("SVCUID", "T"),
+                (
+                    "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+                    "../../ipc.socket",
+                ),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ]),
+            None,
+            "/w".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            e.socket,
+            PathBuf::from("../../ipc.socket"),
+            "kept exactly as given"
+        );
+        assert_eq!(e.region.as_deref(), Some("eu-west-1"));
+    }
+}

@@ -1,0 +1,177 @@
+//! The status document published after every pass and on every error (pure).
+//!
+//! Schema: `docs/status.schema.json`, described in `docs/status.md`. Never contains
+//! credentials: only their expiry time.
+
+use serde::Serialize;
+
+use crate::sync::Summary;
+
+/// Version of the document's shape; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The component's overall condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    /// The last pass put every object in place.
+    Synced,
+    /// The last pass finished, but some objects failed.
+    Partial,
+    /// A pass could not run or finish, or the configuration is invalid.
+    Error,
+}
+
+/// An error in a status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorInfo {
+    /// Stable short code (e.g. `ListBucketDenied`, `ConfigInvalid`).
+    pub code: String,
+    /// What happened and the fix.
+    pub message: String,
+}
+
+/// One status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDocument {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Always `gg-s3-sync`.
+    pub component: &'static str,
+    /// This build's version.
+    pub component_version: &'static str,
+    /// The device.
+    pub thing_name: Option<String>,
+    /// Overall condition.
+    pub state: State,
+    /// When the document was made (RFC 3339).
+    pub timestamp: String,
+    /// Bucket being synced (`null` before any valid configuration).
+    pub bucket: Option<String>,
+    /// Prefix being synced.
+    pub prefix: Option<String>,
+    /// Destination folder.
+    pub local_dir: Option<String>,
+    /// The most recent completed pass.
+    pub last_pass: Option<Summary>,
+    /// What is wrong, if anything.
+    pub error: Option<ErrorInfo>,
+    /// When the cached credentials expire (RFC 3339); never the credentials themselves.
+    pub credentials_expiration: Option<String>,
+}
+
+/// What a document is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// The device.
+    pub thing_name: Option<String>,
+    /// Bucket.
+    pub bucket: Option<String>,
+    /// Prefix.
+    pub prefix: Option<String>,
+    /// Destination.
+    pub local_dir: Option<String>,
+    /// Credentials expiry (RFC 3339).
+    pub credentials_expiration: Option<String>,
+}
+
+impl StatusDocument {
+    fn new(cx: &Context, timestamp: String, state: State) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            component: "gg-s3-sync",
+            component_version: env!("CARGO_PKG_VERSION"),
+            thing_name: cx.thing_name.clone(),
+            state,
+            timestamp,
+            bucket: cx.bucket.clone(),
+            prefix: cx.prefix.clone(),
+            local_dir: cx.local_dir.clone(),
+            last_pass: None,
+            error: None,
+            credentials_expiration: cx.credentials_expiration.clone(),
+        }
+    }
+
+    /// After a pass that ran to the end.
+    #[must_use]
+    pub fn after_pass(cx: &Context, timestamp: String, summary: Summary) -> Self {
+        let state = if summary.is_success() {
+            State::Synced
+        } else {
+            State::Partial
+        };
+        let error = (!summary.is_success()).then(|| ErrorInfo {
+            code: "ObjectsFailed".into(),
+            message: format!(
+                "{} object(s) could not be synced; see lastPass.failures",
+                summary.failed
+            ),
+        });
+        Self {
+            last_pass: Some(summary),
+            error,
+            ..Self::new(cx, timestamp, state)
+        }
+    }
+
+    /// After an error; `last_pass` is the most recent completed pass, if any.
+    #[must_use]
+    pub fn error(
+        cx: &Context,
+        timestamp: String,
+        code: &str,
+        message: String,
+        last_pass: Option<Summary>,
+    ) -> Self {
+        Self {
+            last_pass,
+            error: Some(ErrorInfo {
+                code: code.to_owned(),
+                message,
+            }),
+            ..Self::new(cx, timestamp, State::Error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(failed: u64) -> Summary {
+        Summary {
+            listed: 3,
+            downloaded: 2,
+            unchanged: 1 - failed.min(1),
+            skipped: 0,
+            folder_markers: 0,
+            failed,
+            bytes: 10,
+            duration_ms: 5,
+            started_at: "2026-11-29T00:00:00Z".into(),
+            finished_at: "2026-11-29T00:00:01Z".into(),
+            failures: Vec::new(),
+            skipped_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn states_follow_the_pass() {
+        let cx = Context {
+            thing_name: Some("t".into()),
+            ..Context::default()
+        };
+        let d = StatusDocument::after_pass(&cx, "now".into(), summary(0));
+        assert_eq!((d.state, d.error.is_none()), (State::Synced, true));
+        let d = StatusDocument::after_pass(&cx, "now".into(), summary(1));
+        assert_eq!(d.state, State::Partial);
+        assert_eq!(d.error.unwrap().code, "ObjectsFailed");
+        let d = StatusDocument::error(&cx, "now".into(), "ConfigInvalid", "bad".into(), None);
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["state"], "ERROR");
+        assert_eq!(v["schemaVersion"], 1);
+        assert_eq!(v["error"]["code"], "ConfigInvalid");
+    }
+}
