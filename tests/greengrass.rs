@@ -221,6 +221,21 @@ async fn runs_as_a_greengrass_component() {
         .await;
     assert_eq!(s["lastPass"]["downloaded"], 1, "{s}");
     assert!(local.path().join("x.txt").exists());
+    let issued = || gg.env.stack.account.stats().credentials_issued;
+    assert_eq!(issued(), 1, "a prefix change keeps the cached credentials");
+    // A credentials setting changes: the cache is dropped and credentials fetched anew.
+    gg.nucleus.update_configuration(
+        COMPONENT,
+        &[],
+        &json!({"credentialsRefreshAheadSeconds": "600"}),
+    );
+    assert!(
+        gg.nucleus
+            .wait_until(Duration::from_secs(30), |_| issued() == 2)
+            .await,
+        "{}",
+        gg.log()
+    );
 
     // 3. An invalid update is reported and the last good configuration kept.
     gg.nucleus
@@ -334,4 +349,38 @@ fn run_without_config_outside_greengrass_explains() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not started by Greengrass"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ended_subscription_reports_errored_and_empty_topics_disable_publishing() {
+    let local = tempfile::tempdir().unwrap();
+    let gg = setup(json!({
+        "bucket": devstack::Options::default().bucket,
+        "localDir": local.path(),
+        "localStatusTopic": "",
+    }))
+    .await;
+    gg.nucleus.update_configuration(
+        COMPONENT,
+        &[],
+        &json!({"s3EndpointUrl": gg.env.stack.s3.url(), "s3ForcePathStyle": true}),
+    );
+    let child = gg.spawn();
+    assert!(
+        gg.nucleus
+            .wait_until(Duration::from_secs(30), |n| !n.iot_publishes().is_empty())
+            .await,
+        "{}",
+        gg.log()
+    );
+    assert!(
+        gg.nucleus.local_publishes().is_empty(),
+        "localStatusTopic \"\" disables local status"
+    );
+
+    // The nucleus drops the configuration subscription: a restart fixes that, so ERRORED + exit.
+    gg.nucleus.end_configuration_subscriptions(COMPONENT);
+    let status = wait_exit(child).await;
+    assert_eq!(status.code(), Some(3), "{}", gg.log());
+    assert_eq!(gg.nucleus.states(COMPONENT), ["RUNNING", "ERRORED"]);
 }

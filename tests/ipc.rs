@@ -173,3 +173,34 @@ async fn bad_token_and_lost_connection() {
         .unwrap_err();
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pings_are_answered_and_protocol_errors_fail_pending_calls() {
+    let (_d, n, c) = setup().await;
+    n.ping_all(b"are you there");
+    assert!(
+        n.wait_until(Duration::from_secs(5), |n| n.pongs()
+            == [b"are you there".to_vec()])
+            .await
+    );
+    assert!(!c.is_closed());
+
+    let mut sub = c
+        .subscribe_to_configuration_update(None, &[])
+        .await
+        .unwrap();
+    n.protocol_error_all("stream-id values must be monotonically incrementing");
+    let reason = tokio::time::timeout(Duration::from_secs(5), c.closed())
+        .await
+        .unwrap();
+    assert!(
+        reason.contains("protocol error: stream-id values"),
+        "{reason}"
+    );
+    match sub.next().await {
+        Some(Err(Error::ConnectionLost { reason })) => {
+            assert!(reason.contains("protocol error"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -31,6 +31,10 @@ enum Command {
         /// The gg-s3-sync binary (default: next to this program).
         #[arg(long)]
         component: Option<PathBuf>,
+        /// Start the component as a Greengrass nucleus would (IPC socket, SVCUID), configured
+        /// only through a fake nucleus.
+        #[arg(long)]
+        greengrass: bool,
     },
     /// Start the stack with sample data and keep it running until Ctrl-C / SIGTERM.
     Serve {
@@ -74,7 +78,14 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { component } => demo(component).await,
+        Command::Demo {
+            component,
+            greengrass: false,
+        } => demo(component).await,
+        Command::Demo {
+            component,
+            greengrass: true,
+        } => demo_greengrass(component).await,
         Command::Serve {
             dir,
             s3_port,
@@ -218,6 +229,131 @@ async fn demo(component: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     // The hostile key makes no pass fail; both passes must have succeeded.
     Ok(if first && second {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn demo_greengrass(component: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use devstack::nucleus::FakeNucleus;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const NAME: &str = "com.example.GgS3Sync";
+    let bin = component_path(component)?;
+    let tmp = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let stack = DevStack::start(&tmp.path().join("stack"), Options::default()).await?;
+    seed(&stack).await?;
+    // A Greengrass root: the nucleus's effective configuration names the device files.
+    let root = tmp.path().join("greengrass");
+    std::fs::create_dir_all(root.join("config"))?;
+    std::fs::write(
+        root.join("config/effectiveConfig.yaml"),
+        format!(
+            "system:\n  certificateFilePath: \"{}\"\n  privateKeyPath: \"{}\"\n  thingName: \"{}\"\n",
+            stack.device.cert_path.display(),
+            stack.device.key_path.display(),
+            stack.options.thing_name
+        ),
+    )?;
+    let nucleus = FakeNucleus::start(&root).await?;
+    nucleus.set_nucleus_config(json!({
+        "iotCredEndpoint": stack.credentials_endpoint(),
+        "awsRegion": "us-east-1",
+        "iotRoleAlias": stack.options.role_alias,
+    }));
+    let local = tmp.path().join("synced");
+    let deployment = json!({
+        "bucket": stack.options.bucket,
+        "prefix": "site-config/",
+        "localDir": local,
+        "roleAlias": "",
+        "s3EndpointUrl": stack.s3.url(),
+        "s3ForcePathStyle": "true",
+        "syncIntervalSeconds": "3600",
+    });
+    let token = nucleus.register_component(NAME, deployment.clone());
+    println!(
+        "fake nucleus on {}; the deployment configures only:",
+        nucleus.socket().display()
+    );
+    println!("{}", serde_json::to_string_pretty(&deployment)?);
+    println!("\n$ SVCUID=… AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT=ipc.socket gg-s3-sync run --kernel-root {}", root.display());
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["run", "--kernel-root"])
+        .arg(&root)
+        .current_dir(&root)
+        .env(
+            "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+            "ipc.socket",
+        )
+        .env("SVCUID", &token)
+        .env("AWS_IOT_THING_NAME", &stack.options.thing_name)
+        .env("GG_ROOT_CA_PATH", &stack.ca.files.cert_path)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+
+    let statuses = |n: &FakeNucleus| n.local_publishes().len();
+    if !nucleus
+        .wait_until(Duration::from_secs(30), |n| statuses(n) >= 1)
+        .await
+    {
+        bail!("no status document from the component");
+    }
+    println!("\nstatus published on gg-s3-sync/status (and to IoT Core):");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&nucleus.local_publishes()[0].message)?
+    );
+    print_tree(&local);
+
+    println!(
+        "\nA fleet-wide configuration update (prefix site-config/docs/) applies without a restart:"
+    );
+    nucleus.update_configuration(
+        NAME,
+        &[],
+        &json!({"prefix": "site-config/docs/", "localDir": tmp.path().join("docs-only")}),
+    );
+    if !nucleus
+        .wait_until(Duration::from_secs(30), |n| statuses(n) >= 2)
+        .await
+    {
+        bail!("no status after the configuration update");
+    }
+    let second = nucleus.local_publishes()[1].message.clone();
+    println!(
+        "state {} for prefix {}: {} downloaded",
+        second["state"], second["prefix"], second["lastPass"]["downloaded"]
+    );
+    print_tree(&tmp.path().join("docs-only"));
+
+    println!("\nA message on gg-s3-sync/sync-now starts a pass at once:");
+    nucleus.publish_local("gg-s3-sync/sync-now", json!({"reason": "demo"}));
+    if !nucleus
+        .wait_until(Duration::from_secs(30), |n| statuses(n) >= 3)
+        .await
+    {
+        bail!("no status after the trigger");
+    }
+    println!("lifecycle states reported: {:?}", nucleus.states(NAME));
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let status = child.wait().await?;
+    println!("component stopped on SIGTERM with {status}");
+    nucleus.stop().await;
+    stack.stop().await;
+    let ok = status.success() && nucleus.states(NAME) == ["RUNNING"] && second["state"] == "SYNCED";
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -115,6 +115,7 @@ struct State {
     iot: Vec<IotPublish>,
     local: Vec<LocalPublish>,
     defers: Vec<Defer>,
+    pongs: Vec<Vec<u8>>,
     next_conn: u64,
 }
 
@@ -586,6 +587,51 @@ impl FakeNucleus {
         agreed
     }
 
+    /// Sends a PING with `payload` to every connection (answers are counted by [`Self::pongs`]).
+    pub fn ping_all(&self, payload: &[u8]) {
+        for c in &lock(&self.state).conns {
+            let _ =
+                c.tx.send(frame(2, 0, 0, None, Bytes::copy_from_slice(payload)));
+        }
+    }
+
+    /// PING_RESPONSEs received (with their payloads).
+    #[must_use]
+    pub fn pongs(&self) -> Vec<Vec<u8>> {
+        lock(&self.state).pongs.clone()
+    }
+
+    /// Sends PROTOCOL_ERROR to every connection and closes them, as a nucleus does on a
+    /// protocol violation.
+    pub fn protocol_error_all(&self, message: &str) {
+        let conns: Vec<Arc<Conn>> = lock(&self.state).conns.clone();
+        for c in conns {
+            let _ = c.tx.send(protocol_error(message));
+            let closed = c.closed.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                closed.cancel();
+            });
+        }
+    }
+
+    /// Ends `component`'s configuration subscriptions from the server side (an empty
+    /// TERMINATE frame), as a nucleus does when it drops a subscriber.
+    pub fn end_configuration_subscriptions(&self, component: &str) {
+        let mut s = lock(&self.state);
+        s.subs.retain(|sub| {
+            let mine =
+                sub.conn.component == component && matches!(sub.kind, SubKind::Config { .. });
+            if mine {
+                let _ = sub
+                    .conn
+                    .tx
+                    .send(frame(0, 2, sub.stream_id, None, Bytes::new()));
+            }
+            !mine
+        });
+    }
+
     /// Closes every component connection (as a nucleus restart would).
     pub fn disconnect_all(&self) {
         let mut s = lock(&self.state);
@@ -677,6 +723,10 @@ impl FakeNucleus {
                 break;
             };
             match (f.message_type, f.stream_id) {
+                (3, 0) => {
+                    lock(&self.state).pongs.push(f.payload.to_vec());
+                    self.changed.notify_waiters();
+                }
                 (2, 0) => {
                     // PING: echo payload and non-':' headers.
                     let mut out = Vec::new();
