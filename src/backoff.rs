@@ -58,3 +58,35 @@ mod tests {
         }
     }
 }
+
+/// `interval` randomised by ± `percent` %, given `unit` uniform in `[0, 1)`, so a fleet's
+/// passes do not stay in lock-step.
+#[must_use]
+pub fn jittered(interval: Duration, percent: u8, unit: f64) -> Duration {
+    let spread = f64::from(percent.min(100)) / 100.0;
+    interval.mul_f64((1.0 - spread + 2.0 * spread * unit.clamp(0.0, 1.0)).max(0.0))
+}
+
+#[cfg(test)]
+mod jitter_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn spreads_around_the_interval() {
+        let i = Duration::from_secs(300);
+        assert_eq!(jittered(i, 10, 0.0), Duration::from_secs(270));
+        assert_eq!(jittered(i, 10, 0.5), Duration::from_secs(300));
+        assert_eq!(jittered(i, 0, 0.9), i);
+    }
+
+    proptest! {
+        #[test]
+        fn stays_within_the_band(secs in 1u64..100_000, pct in 0u8..=50, unit in 0.0f64..1.0) {
+            let i = Duration::from_secs(secs);
+            let j = jittered(i, pct, unit);
+            let band = i.mul_f64(f64::from(pct) / 100.0);
+            prop_assert!(j + band >= i && j <= i + band + Duration::from_nanos(1));
+        }
+    }
+}

@@ -24,6 +24,10 @@ pub const DEFAULT_MAX_CONCURRENCY: u64 = 8;
 pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 300;
 /// Upper bound of `maxConcurrency`.
 pub const MAX_CONCURRENCY_LIMIT: u64 = 256;
+/// Default `maxDeletePercent`.
+pub const DEFAULT_MAX_DELETE_PERCENT: u64 = 50;
+/// Default `syncJitterPercent`.
+pub const DEFAULT_SYNC_JITTER_PERCENT: u64 = 10;
 /// Upper bound of `syncIntervalSeconds` (one week).
 pub const MAX_SYNC_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 
@@ -48,6 +52,13 @@ pub const KNOWN_KEYS: &[&str] = &[
     "statusTopic",
     "localStatusTopic",
     "triggerTopic",
+    "keys",
+    "manifestKey",
+    "include",
+    "exclude",
+    "deleteExtraneous",
+    "maxDeletePercent",
+    "syncJitterPercent",
 ];
 
 /// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
@@ -240,6 +251,29 @@ pub struct Config {
     pub local_status_topic: Option<String>,
     /// `triggerTopic`: local topic whose messages start a pass (`None` = disabled).
     pub trigger_topic: Option<String>,
+    /// What to sync: a listed prefix, explicit keys, or a manifest object.
+    pub source: SourceMode,
+    /// `include`: glob patterns on the key relative to the prefix (empty = everything).
+    pub include: Vec<String>,
+    /// `exclude`: glob patterns; exclude wins over include.
+    pub exclude: Vec<String>,
+    /// `deleteExtraneous`: remove files the component wrote whose objects are gone.
+    pub delete_extraneous: bool,
+    /// `maxDeletePercent`: refuse a pass that would delete more than this share of the files.
+    pub max_delete_percent: u8,
+    /// `syncJitterPercent`: each interval is randomised by ± this share.
+    pub sync_jitter_percent: u8,
+}
+
+/// Where the list of objects comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceMode {
+    /// ListObjectsV2 under the prefix (needs `s3:ListBucket`).
+    Prefix,
+    /// `keys`: these object keys, nothing listed (`s3:GetObject` only).
+    Keys(Vec<String>),
+    /// `manifestKey`: the keys listed in this object (`s3:GetObject` only).
+    Manifest(String),
 }
 
 /// The result of a successful parse: the configuration and what deserves a warning.
@@ -346,6 +380,20 @@ impl Config {
         );
         let local_status_topic = r.topic("localStatusTopic", true, DEFAULT_LOCAL_STATUS_TOPIC);
         let trigger_topic = r.topic("triggerTopic", false, DEFAULT_TRIGGER_TOPIC);
+        let keys = r.string_list("keys");
+        let manifest_key = r.optional_str("manifestKey");
+        let include = r
+            .string_list("include")
+            .map(|v| r.patterns("include", v))
+            .unwrap_or_default();
+        let exclude = r
+            .string_list("exclude")
+            .map(|v| r.patterns("exclude", v))
+            .unwrap_or_default();
+        let delete_extraneous = r.boolean("deleteExtraneous", false);
+        let max_delete_percent = r.number("maxDeletePercent", DEFAULT_MAX_DELETE_PERCENT, 0, 100);
+        let sync_jitter_percent = r.number("syncJitterPercent", DEFAULT_SYNC_JITTER_PERCENT, 0, 50);
+        let source = r.source(keys, manifest_key, prefix.as_deref());
         let refresh_ahead = r.number(
             "credentialsRefreshAheadSeconds",
             DEFAULT_REFRESH_AHEAD_SECS,
@@ -378,6 +426,12 @@ impl Config {
                 status_topic: status_topic?,
                 local_status_topic: local_status_topic?,
                 trigger_topic: trigger_topic?,
+                source: source?,
+                include,
+                exclude,
+                delete_extraneous: delete_extraneous?,
+                max_delete_percent: u8::try_from(max_delete_percent?).ok()?,
+                sync_jitter_percent: u8::try_from(sync_jitter_percent?).ok()?,
             })
         })();
         config
@@ -453,6 +507,76 @@ impl Reader<'_> {
             return self.fail(key, "a path cannot contain a NUL character");
         }
         Some(self.base_dir.join(s))
+    }
+
+    /// A list of strings: absent, `null` or `""` = empty.
+    fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(Value::String(s)) if s.trim().is_empty() => Some(Vec::new()),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) if !s.is_empty() => out.push(s.clone()),
+                        other => {
+                            return self.fail(
+                                key,
+                                format!(
+                                    "item {i}: expected a non-empty string, got {}",
+                                    kind(other)
+                                ),
+                            );
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Some(other) => self.fail(
+                key,
+                format!(
+                    "expected a list of strings such as [\"a.txt\", \"b/c.txt\"], got {}",
+                    kind(other)
+                ),
+            ),
+        }
+    }
+
+    fn patterns(&mut self, key: &str, patterns: Vec<String>) -> Vec<String> {
+        for p in &patterns {
+            if let Err(problem) = crate::sync::filter::Glob::new(p) {
+                self.fail::<()>(key, format!("'{p}': {problem}"));
+            }
+        }
+        patterns
+    }
+
+    fn source(
+        &mut self,
+        keys: Option<Vec<String>>,
+        manifest: Option<String>,
+        prefix: Option<&str>,
+    ) -> Option<SourceMode> {
+        let keys = keys?;
+        let prefix = prefix.unwrap_or("");
+        match (keys.is_empty(), manifest) {
+            (true, None) => Some(SourceMode::Prefix),
+            (false, Some(_)) => {
+                self.fail("manifestKey", "set either keys or manifestKey, not both")
+            }
+            (true, Some(m)) => Some(SourceMode::Manifest(m)),
+            (false, None) => {
+                let outside: Vec<&String> =
+                    keys.iter().filter(|k| !k.starts_with(prefix)).collect();
+                if let Some(k) = outside.first() {
+                    return self.fail(
+                        "keys",
+                        format!("'{k}' is not under prefix '{prefix}'; keys are full object keys, synced relative to the prefix"),
+                    );
+                }
+                Some(SourceMode::Keys(keys))
+            }
+        }
     }
 
     /// A topic: absent = `default`, "" = disabled (`Some(None)`), else validated.

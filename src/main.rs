@@ -50,6 +50,9 @@ enum Command {
         /// Print the pass summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Print what would be downloaded, deleted and skipped, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -119,9 +122,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Once { config, json } => {
+        Command::Once {
+            config,
+            json,
+            dry_run,
+        } => {
             let config = load(&config)?;
-            Ok(report_once(app::once(&config, clock, &cancel).await, json))
+            Ok(report_once(
+                app::once(&config, clock, &cancel, dry_run).await,
+                json,
+            ))
         }
     }
 }
@@ -140,6 +150,24 @@ fn report_once(result: Result<Summary, SyncError>, json: bool) -> ExitCode {
                     summary.listed, summary.downloaded, summary.bytes, summary.unchanged,
                     summary.skipped, summary.failed, summary.duration_ms
                 );
+                for p in &summary.planned {
+                    println!(
+                        "  would {} {}{}: {}",
+                        p.action,
+                        p.key,
+                        p.path
+                            .as_deref()
+                            .map(|x| format!(" -> {x}"))
+                            .unwrap_or_default(),
+                        p.reason
+                    );
+                }
+                if summary.deleted > 0 {
+                    println!(
+                        "  deleted {} file(s) whose objects are gone",
+                        summary.deleted
+                    );
+                }
                 for p in &summary.skipped_keys {
                     println!("  skipped {:?}: {}", p.key, p.message);
                 }

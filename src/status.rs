@@ -102,13 +102,32 @@ impl StatusDocument {
         } else {
             State::Partial
         };
-        let error = (!summary.is_success()).then(|| ErrorInfo {
-            code: "ObjectsFailed".into(),
-            message: format!(
-                "{} object(s) could not be synced; see lastPass.failures",
-                summary.failed
-            ),
-        });
+        let error = if summary.deletions_refused > 0 {
+            Some(ErrorInfo {
+                code: "DeleteLimitExceeded".into(),
+                message: summary
+                    .failures
+                    .iter()
+                    .find(|f| f.code == "DeleteLimitExceeded")
+                    .map_or_else(
+                        || {
+                            format!(
+                                "{} deletions refused by maxDeletePercent",
+                                summary.deletions_refused
+                            )
+                        },
+                        |f| f.message.clone(),
+                    ),
+            })
+        } else {
+            (summary.failed > 0).then(|| ErrorInfo {
+                code: "ObjectsFailed".into(),
+                message: format!(
+                    "{} object(s) could not be synced; see lastPass.failures",
+                    summary.failed
+                ),
+            })
+        };
         Self {
             last_pass: Some(summary),
             error,
@@ -146,14 +165,18 @@ mod tests {
             downloaded: 2,
             unchanged: 1 - failed.min(1),
             skipped: 0,
+            excluded: 0,
             folder_markers: 0,
             failed,
+            deleted: 0,
+            deletions_refused: 0,
             bytes: 10,
             duration_ms: 5,
             started_at: "2026-11-29T00:00:00Z".into(),
             finished_at: "2026-11-29T00:00:01Z".into(),
             failures: Vec::new(),
             skipped_keys: Vec::new(),
+            planned: Vec::new(),
         }
     }
 

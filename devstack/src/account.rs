@@ -330,6 +330,18 @@ impl Account {
         st.sessions.get(access_key).map(|s| s.secret.clone())
     }
 
+    /// Whether `access_key` may do `action` on `resource` (admin: always).
+    #[must_use]
+    pub fn allows(&self, access_key: &str, action: &str, resource: &str) -> bool {
+        let st = self.lock();
+        if st.admin.as_ref().is_some_and(|(ak, _)| ak == access_key) {
+            return true;
+        }
+        st.sessions
+            .get(access_key)
+            .is_some_and(|s| s.policy.allows(action, resource))
+    }
+
     /// Checks a signed S3 request's session token, expiry and policy.
     ///
     /// # Errors

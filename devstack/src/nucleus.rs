@@ -679,6 +679,8 @@ impl FakeNucleus {
         let component = token.and_then(|t| lock(&self.state).tokens.get(&t).cloned());
         let Some(component) = component else {
             let _ = write.write_all(&frame(5, 0, 0, None, Bytes::new())).await;
+            // Let the client read the rejection and hang up first; closing at once races it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), read.read(&mut [0u8; 1])).await;
             return;
         };
         if write

@@ -88,6 +88,7 @@ struct Shared {
 struct DevS3 {
     fs: Arc<s3s_fs::FileSystem>,
     shared: Arc<Mutex<Shared>>,
+    account: Account,
 }
 
 fn internal<T>(input: T) -> S3Request<T> {
@@ -127,6 +128,33 @@ impl DevS3 {
             .map_err(|e| s3_error!(InternalError, "{e}"))?;
         let out = self.fs.head_object(internal(input)).await?;
         Ok(out.output.e_tag.as_ref().map(|e| etag_value(e).to_owned()))
+    }
+
+    /// Like S3: a caller without `s3:ListBucket` must not learn whether a key exists, so a
+    /// missing key is `AccessDenied` (403) for them instead of `NoSuchKey` (404).
+    fn hide_missing<T>(
+        &self,
+        creds: Option<&s3s::auth::Credentials>,
+        bucket: &str,
+        r: S3Result<T>,
+    ) -> S3Result<T> {
+        match r {
+            Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
+                let can_list = creds.is_some_and(|c| {
+                    self.account.allows(
+                        &c.access_key,
+                        "s3:ListBucket",
+                        &format!("arn:aws:s3:::{bucket}"),
+                    )
+                });
+                if can_list {
+                    Err(e)
+                } else {
+                    Err(s3_error!(AccessDenied, "Access Denied"))
+                }
+            }
+            other => other,
+        }
     }
 
     fn virtual_object(&self, bucket: &str, key: &str) -> Option<VirtualObject> {
@@ -250,15 +278,18 @@ impl S3 for DevS3 {
                 ..Default::default()
             }));
         }
+        let creds = req.credentials.clone();
         if req.input.if_match.is_some() || req.input.if_none_match.is_some() {
-            let current = self.etag_of(&bucket, &key).await?.unwrap_or_default();
+            let current = self
+                .hide_missing(creds.as_ref(), &bucket, self.etag_of(&bucket, &key).await)?
+                .unwrap_or_default();
             check_conditions(
                 &current,
                 req.input.if_match.as_ref(),
                 req.input.if_none_match.as_ref(),
             )?;
         }
-        let mut resp = self.fs.get_object(req).await?;
+        let mut resp = self.hide_missing(creds.as_ref(), &bucket, self.fs.get_object(req).await)?;
         if let Some(body) = resp.output.body.take() {
             let body = futures_util::StreamExt::then(body, move |chunk| {
                 let _still_in_flight = &in_flight;
@@ -286,7 +317,8 @@ impl S3 for DevS3 {
                 ..Default::default()
             }));
         }
-        self.fs.head_object(req).await
+        let (creds, bucket) = (req.credentials.clone(), req.input.bucket.clone());
+        self.hide_missing(creds.as_ref(), &bucket, self.fs.head_object(req).await)
     }
 
     async fn list_objects_v2(
@@ -428,6 +460,7 @@ impl S3Server {
         let s3 = DevS3 {
             fs: Arc::new(fs),
             shared: Arc::default(),
+            account: account.clone(),
         };
         let service = {
             let mut b = s3s::service::S3ServiceBuilder::new(s3.clone());

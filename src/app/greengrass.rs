@@ -487,7 +487,7 @@ impl Supervisor {
     async fn finish_pass(&mut self, result: Result<Summary, sync::Error>) {
         let interval = self.config.as_ref().map_or(
             Duration::from_secs(config::DEFAULT_SYNC_INTERVAL_SECS),
-            |c| c.sync_interval,
+            super::next_interval,
         );
         self.next_pass = now() + interval;
         let doc = match result {

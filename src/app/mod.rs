@@ -44,11 +44,26 @@ pub async fn once(
     config: &Config,
     clock: SharedClock,
     cancel: &CancellationToken,
+    dry_run: bool,
 ) -> Result<Summary, sync::Error> {
     let mut syncer = engine(config, clock)?;
-    let summary = syncer.run_pass(cancel).await?;
+    let summary = if dry_run {
+        syncer.dry_run(cancel).await?
+    } else {
+        syncer.run_pass(cancel).await?
+    };
     log_summary(&summary);
     Ok(summary)
+}
+
+/// The wait before the next pass: `syncIntervalSeconds` ± `syncJitterPercent`.
+#[must_use]
+pub fn next_interval(config: &Config) -> Duration {
+    crate::backoff::jittered(
+        config.sync_interval,
+        config.sync_jitter_percent,
+        fastrand::f64(),
+    )
 }
 
 /// A pass now and then every `syncIntervalSeconds` until `cancel` fires. A failed pass is
@@ -70,7 +85,7 @@ pub async fn run(
                 tracing::error!(code = e.code(), error = %chain(&e), "sync pass failed; retrying at the next interval")
             }
         }
-        if !sleep_or_cancel(config.sync_interval, cancel).await {
+        if !sleep_or_cancel(next_interval(config), cancel).await {
             break;
         }
     }

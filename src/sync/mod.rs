@@ -10,24 +10,27 @@
 //! - `local`: atomic writes, safe folders, temp-file sweep.
 //! - `state`: the crash-safe record of what was written.
 
+pub mod filter;
 pub mod local;
 pub mod plan;
 pub mod s3;
 pub mod state;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use md5::{Digest, Md5};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, SourceMode};
 use crate::credentials::{rfc3339, IotCredentialsProvider};
+use filter::Filter;
 use plan::{Action, KeyVerdict, Reason, RelPath, Remote};
 use s3::{S3Settings, Source};
 use state::StateStore;
@@ -56,7 +59,8 @@ pub enum Error {
     #[error(
         "listing s3://{bucket}/{prefix} was denied (AccessDenied{}); prefix mode needs s3:ListBucket: \
          grant the role behind roleAlias s3:ListBucket on arn:aws:s3:::{bucket} \
-         (optionally with the condition s3:prefix = \"{prefix}*\")",
+         (optionally with the condition s3:prefix = \"{prefix}*\"), or, to work with s3:GetObject alone, \
+         list the objects in keys or manifestKey instead of listing the prefix",
         if message.is_empty() { String::new() } else { format!(": {message}") }
     )]
     ListDenied {
@@ -70,7 +74,8 @@ pub enum Error {
     /// GetObject denied.
     #[error(
         "reading s3://{bucket}/{key} was denied (AccessDenied{}); grant the role behind roleAlias \
-         s3:GetObject on arn:aws:s3:::{bucket}/{key} (e.g. arn:aws:s3:::{bucket}/<prefix>*)",
+         s3:GetObject on arn:aws:s3:::{bucket}/{key} (e.g. arn:aws:s3:::{bucket}/<prefix>*); without \
+         s3:ListBucket, S3 also answers AccessDenied for a key that does not exist",
         if message.is_empty() { String::new() } else { format!(": {message}") }
     )]
     GetDenied {
@@ -162,6 +167,16 @@ pub enum Error {
         /// Computed.
         actual: String,
     },
+    /// The manifest object cannot be used.
+    #[error("manifest s3://{bucket}/{key} is not usable: {detail}; fix manifestKey or the manifest object")]
+    Manifest {
+        /// Bucket.
+        bucket: String,
+        /// manifestKey.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// Local file system.
     #[error("local file system")]
     Local(#[from] local::Error),
@@ -202,6 +217,7 @@ impl Error {
             Self::ChangedDuringSync { .. } => "ObjectChanged",
             Self::Truncated { .. } => "Truncated",
             Self::Corrupt { .. } => "ChecksumMismatch",
+            Self::Manifest { .. } => "ManifestInvalid",
             Self::Local(_) => "LocalFileError",
             Self::State(_) => "StateError",
             Self::Cancelled => "Cancelled",
@@ -233,11 +249,24 @@ pub struct KeyProblem {
     pub message: String,
 }
 
+/// One step of a dry run's plan.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PlannedAction {
+    /// `download`, `delete`, `keep`, `skip` or `error`.
+    pub action: &'static str,
+    /// The object key.
+    pub key: String,
+    /// The local path (relative to localDir), if the key has one.
+    pub path: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
 /// What a pass did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
-    /// Objects listed (including folder markers and skipped keys).
+    /// Objects listed (or named by `keys`/the manifest), including skipped and excluded ones.
     pub listed: u64,
     /// Objects downloaded.
     pub downloaded: u64,
@@ -245,10 +274,16 @@ pub struct Summary {
     pub unchanged: u64,
     /// Keys never written because they are unsafe.
     pub skipped: u64,
+    /// Keys left out by `include`/`exclude`.
+    pub excluded: u64,
     /// Zero-byte `folder/` markers (nothing to write).
     pub folder_markers: u64,
     /// Objects that failed.
     pub failed: u64,
+    /// Local files removed because their objects are gone (`deleteExtraneous`).
+    pub deleted: u64,
+    /// Deletions refused by the `maxDeletePercent` guard.
+    pub deletions_refused: u64,
     /// Bytes downloaded.
     pub bytes: u64,
     /// Wall time, milliseconds.
@@ -261,13 +296,49 @@ pub struct Summary {
     pub failures: Vec<KeyProblem>,
     /// The first skipped keys.
     pub skipped_keys: Vec<KeyProblem>,
+    /// Dry runs only: what a real pass would do.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<PlannedAction>,
 }
 
 impl Summary {
-    /// Whether every object is in place.
+    fn new(started_at: String) -> Self {
+        Self {
+            listed: 0,
+            downloaded: 0,
+            unchanged: 0,
+            skipped: 0,
+            excluded: 0,
+            folder_markers: 0,
+            failed: 0,
+            deleted: 0,
+            deletions_refused: 0,
+            bytes: 0,
+            duration_ms: 0,
+            started_at,
+            finished_at: String::new(),
+            failures: Vec::new(),
+            skipped_keys: Vec::new(),
+            planned: Vec::new(),
+        }
+    }
+
+    /// Whether every object is in place and nothing was refused.
     #[must_use]
     pub fn is_success(&self) -> bool {
-        self.failed == 0
+        self.failed == 0 && self.deletions_refused == 0
+    }
+
+    fn fail(&mut self, key: &str, code: &str, message: String) {
+        self.failed += 1;
+        push_capped(
+            &mut self.failures,
+            KeyProblem {
+                key: key.to_owned(),
+                code: code.to_owned(),
+                message,
+            },
+        );
     }
 }
 
@@ -284,6 +355,14 @@ pub struct SyncSettings {
     pub max_concurrency: usize,
     /// Where the state file lives.
     pub state_dir: PathBuf,
+    /// Listed prefix, explicit keys, or manifest.
+    pub source: SourceMode,
+    /// include/exclude.
+    pub filter: Filter,
+    /// Remove files whose objects are gone.
+    pub delete_extraneous: bool,
+    /// Deletion guard.
+    pub max_delete_percent: u8,
 }
 
 impl From<&Config> for SyncSettings {
@@ -299,6 +378,10 @@ impl From<&Config> for SyncSettings {
             local_dir: c.local_dir.clone(),
             max_concurrency: c.max_concurrency,
             state_dir: c.state_dir.clone(),
+            source: c.source.clone(),
+            filter: Filter::new(&c.include, &c.exclude),
+            delete_extraneous: c.delete_extraneous,
+            max_delete_percent: c.max_delete_percent,
         }
     }
 }
@@ -335,17 +418,49 @@ pub struct Syncer {
     swept: bool,
 }
 
-struct Job {
-    remote: Remote,
-    rel: RelPath,
-    reason: Reason,
+/// One object to fetch.
+#[derive(Debug)]
+enum Job {
+    /// Listed: its ETag and size are known; GET If-Match.
+    Listed {
+        remote: Remote,
+        rel: RelPath,
+        reason: Reason,
+    },
+    /// Named by keys/manifest: conditional GET If-None-Match the recorded ETag when the local
+    /// copy is intact (304 = unchanged), plain GET otherwise.
+    Unlisted {
+        key: String,
+        rel: RelPath,
+        if_none_match: Option<String>,
+    },
 }
 
-struct Done {
-    key: String,
-    recorded: plan::Recorded,
-    bytes: u64,
+impl Job {
+    fn key(&self) -> &str {
+        match self {
+            Self::Listed { remote, .. } => &remote.key,
+            Self::Unlisted { key, .. } => key,
+        }
+    }
 }
+
+enum Outcome {
+    Downloaded {
+        key: String,
+        recorded: plan::Recorded,
+        bytes: u64,
+    },
+    NotModified,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestCache {
+    etag: String,
+    keys: Vec<String>,
+}
+
+type Task = (String, Result<Outcome, Error>);
 
 impl Syncer {
     /// Opens the state store and builds the S3 client; no network traffic yet.
@@ -388,28 +503,29 @@ impl Syncer {
     }
 
     /// One pass. Per-object failures are counted in the summary; errors that stop the whole
-    /// pass (credentials, listing) are returned.
+    /// pass (credentials, listing, manifest) are returned. A dry run changes nothing: it only
+    /// fills [`Summary::planned`].
     ///
     /// # Errors
     /// The error that stopped the pass, or [`Error::Cancelled`].
     pub async fn run_pass(&mut self, cancel: &CancellationToken) -> Result<Summary, Error> {
-        let started_wall = self.clock.now();
+        self.pass(cancel, false).await
+    }
+
+    /// What [`Syncer::run_pass`] would do, changing nothing.
+    ///
+    /// # Errors
+    /// As [`Syncer::run_pass`].
+    pub async fn dry_run(&mut self, cancel: &CancellationToken) -> Result<Summary, Error> {
+        self.pass(cancel, true).await
+    }
+
+    async fn pass(&mut self, cancel: &CancellationToken, dry_run: bool) -> Result<Summary, Error> {
         let started = self.clock.monotonic();
-        let mut summary = Summary {
-            listed: 0,
-            downloaded: 0,
-            unchanged: 0,
-            skipped: 0,
-            folder_markers: 0,
-            failed: 0,
-            bytes: 0,
-            duration_ms: 0,
-            started_at: rfc3339(started_wall),
-            finished_at: String::new(),
-            failures: Vec::new(),
-            skipped_keys: Vec::new(),
-        };
-        self.prepare_local_dir()?;
+        let mut summary = Summary::new(rfc3339(self.clock.now()));
+        if !dry_run {
+            self.prepare_local_dir()?;
+        }
         // Fetch credentials first so their errors arrive whole, not wrapped by the SDK.
         if let Err(e) = self.credentials.credentials().await {
             return Err(Error::Credentials {
@@ -417,47 +533,24 @@ impl Syncer {
                 message: e.to_string(),
             });
         }
-
-        let source = Arc::new(self.source.clone());
-        let mut tasks: JoinSet<(String, Result<Done, Error>)> = JoinSet::new();
-        let mut token = None;
-        let result = loop {
-            let page = tokio::select! {
-                // Dropping list_page is safe: it only reads.
-                () = cancel.cancelled() => break Err(Error::Cancelled),
-                page = list_page_refreshing(&self.source, &self.credentials, &self.settings.prefix, token.take()) => page,
-            };
-            let page = match page {
-                Ok(p) => p,
-                Err(e) => break Err(e),
-            };
-            for remote in page.objects {
-                summary.listed += 1;
-                if let Some(job) = self.classify(remote, &mut summary) {
-                    while tasks.len() >= self.settings.max_concurrency {
-                        if let Some(joined) = tasks.join_next().await {
-                            self.absorb(joined, &mut summary)?;
-                        }
-                    }
-                    let source = source.clone();
-                    let creds = self.credentials.clone();
-                    let root = self.settings.local_dir.clone();
-                    let cancel = cancel.clone();
-                    tasks.spawn(async move {
-                        let key = job.remote.key.clone();
-                        let result = tokio::select! {
-                            // Dropping the download removes its temporary file.
-                            () = cancel.cancelled() => Err(Error::Cancelled),
-                            r = download_with_retries(&source, &creds, &root, &job) => r,
-                        };
-                        (key, result)
-                    });
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut tasks: JoinSet<Task> = JoinSet::new();
+        let result = match self.settings.source.clone() {
+            SourceMode::Prefix => {
+                self.listed_pass(cancel, dry_run, &mut summary, &mut seen, &mut tasks)
+                    .await
+            }
+            SourceMode::Keys(keys) => {
+                self.unlisted_pass(keys, cancel, dry_run, &mut summary, &mut seen, &mut tasks)
+                    .await
+            }
+            SourceMode::Manifest(key) => match self.fetch_manifest(&key, dry_run).await {
+                Ok(keys) => {
+                    self.unlisted_pass(keys, cancel, dry_run, &mut summary, &mut seen, &mut tasks)
+                        .await
                 }
-            }
-            match page.next {
-                Some(next) => token = Some(next),
-                None => break Ok(()),
-            }
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = result {
             tasks.shutdown().await;
@@ -467,9 +560,15 @@ impl Syncer {
         while let Some(joined) = tasks.join_next().await {
             self.absorb(joined, &mut summary)?;
         }
-        self.state.commit()?;
         if cancel.is_cancelled() {
+            self.state.commit()?;
             return Err(Error::Cancelled);
+        }
+        if self.settings.delete_extraneous {
+            self.delete_extraneous(&seen, dry_run, &mut summary)?;
+        }
+        if !dry_run {
+            self.state.commit()?;
         }
         summary.finished_at = rfc3339(self.clock.now());
         summary.duration_ms = u64::try_from(
@@ -480,6 +579,179 @@ impl Syncer {
         )
         .unwrap_or(u64::MAX);
         Ok(summary)
+    }
+
+    async fn listed_pass(
+        &mut self,
+        cancel: &CancellationToken,
+        dry_run: bool,
+        summary: &mut Summary,
+        seen: &mut HashSet<String>,
+        tasks: &mut JoinSet<Task>,
+    ) -> Result<(), Error> {
+        let mut token = None;
+        loop {
+            let page = tokio::select! {
+                // Dropping list_page is safe: it only reads.
+                () = cancel.cancelled() => return Err(Error::Cancelled),
+                page = list_page_refreshing(&self.source, &self.credentials, &self.settings.prefix, token.take()) => page?,
+            };
+            for remote in page.objects {
+                summary.listed += 1;
+                seen.insert(remote.key.clone());
+                let Some(rel) = self.admit(&remote.key, remote.size, summary) else {
+                    continue;
+                };
+                let dest = self.settings.local_dir.join(rel.as_str());
+                match plan::plan(&remote, self.state.get(&remote.key), local::observe(&dest)) {
+                    Action::Unchanged => summary.unchanged += 1,
+                    Action::Download(reason) if dry_run => {
+                        planned(
+                            summary,
+                            "download",
+                            &remote.key,
+                            Some(&rel),
+                            reason.to_string(),
+                        );
+                    }
+                    Action::Download(reason) => {
+                        self.spawn(
+                            Job::Listed {
+                                remote,
+                                rel,
+                                reason,
+                            },
+                            cancel,
+                            tasks,
+                            summary,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn unlisted_pass(
+        &mut self,
+        keys: Vec<String>,
+        cancel: &CancellationToken,
+        dry_run: bool,
+        summary: &mut Summary,
+        seen: &mut HashSet<String>,
+        tasks: &mut JoinSet<Task>,
+    ) -> Result<(), Error> {
+        for key in keys {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            summary.listed += 1;
+            seen.insert(key.clone());
+            // Sizes are unknown before the GET; a trailing '/' can only be a folder marker.
+            let size = u64::from(!key.ends_with('/'));
+            let Some(rel) = self.admit(&key, size, summary) else {
+                continue;
+            };
+            let dest = self.settings.local_dir.join(rel.as_str());
+            let recorded = self.state.get(&key).cloned();
+            let intact = recorded.as_ref().filter(|r| {
+                local::observe(&dest)
+                    == Some(plan::LocalFile {
+                        size: r.size,
+                        mtime_ns: r.mtime_ns,
+                    })
+            });
+            if dry_run {
+                // HeadObject needs only s3:GetObject and changes nothing.
+                match self.source.head(&key).await {
+                    Ok(remote) => {
+                        match plan::plan(&remote, recorded.as_ref(), local::observe(&dest)) {
+                            Action::Unchanged => summary.unchanged += 1,
+                            Action::Download(reason) => {
+                                planned(summary, "download", &key, Some(&rel), reason.to_string())
+                            }
+                        }
+                    }
+                    Err(e) => planned(summary, "error", &key, Some(&rel), chain(&e)),
+                }
+                continue;
+            }
+            let if_none_match = intact
+                .map(|r| r.etag.clone())
+                .filter(|e| !e.starts_with("lm:"));
+            self.spawn(
+                Job::Unlisted {
+                    key,
+                    rel,
+                    if_none_match,
+                },
+                cancel,
+                tasks,
+                summary,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Maps a key to its path and applies the filters; counts what is left out.
+    fn admit(&self, key: &str, size: u64, summary: &mut Summary) -> Option<RelPath> {
+        match plan::map_key(key, &self.settings.prefix, size) {
+            KeyVerdict::Path(rel) if self.settings.filter.allows(rel.as_str()) => Some(rel),
+            KeyVerdict::Path(_) => {
+                summary.excluded += 1;
+                None
+            }
+            KeyVerdict::FolderMarker => {
+                summary.folder_markers += 1;
+                None
+            }
+            KeyVerdict::Unsafe(why) => {
+                tracing::warn!(key = %key.escape_debug(), reason = %why, "skipping unsafe object key");
+                summary.skipped += 1;
+                let key = key.escape_debug().to_string();
+                planned(summary, "skip", &key, None, why.to_string());
+                push_capped(
+                    &mut summary.skipped_keys,
+                    KeyProblem {
+                        key,
+                        code: "UnsafeKey".into(),
+                        message: why.to_string(),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    async fn spawn(
+        &mut self,
+        job: Job,
+        cancel: &CancellationToken,
+        tasks: &mut JoinSet<Task>,
+        summary: &mut Summary,
+    ) -> Result<(), Error> {
+        while tasks.len() >= self.settings.max_concurrency {
+            if let Some(joined) = tasks.join_next().await {
+                self.absorb(joined, summary)?;
+            }
+        }
+        let (source, creds) = (self.source.clone(), self.credentials.clone());
+        let (root, cancel) = (self.settings.local_dir.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let key = job.key().to_owned();
+            let result = tokio::select! {
+                // Dropping the download removes its temporary file.
+                () = cancel.cancelled() => Err(Error::Cancelled),
+                r = download_with_retries(&source, &creds, &root, &job) => r,
+            };
+            (key, result)
+        });
+        Ok(())
     }
 
     fn prepare_local_dir(&mut self) -> Result<(), Error> {
@@ -502,85 +774,191 @@ impl Syncer {
         Ok(())
     }
 
-    /// Decides for one listed object; returns a download job if one is needed.
-    fn classify(&self, remote: Remote, summary: &mut Summary) -> Option<Job> {
-        let rel = match plan::map_key(&remote.key, &self.settings.prefix, remote.size) {
-            KeyVerdict::Path(rel) => rel,
-            KeyVerdict::FolderMarker => {
-                summary.folder_markers += 1;
-                return None;
-            }
-            KeyVerdict::Unsafe(why) => {
-                tracing::warn!(key = %remote.key.escape_debug(), reason = %why, "skipping unsafe object key");
-                summary.skipped += 1;
-                push_capped(
-                    &mut summary.skipped_keys,
-                    KeyProblem {
-                        key: remote.key.escape_debug().to_string(),
-                        code: "UnsafeKey".into(),
-                        message: why.to_string(),
-                    },
-                );
-                return None;
-            }
-        };
-        let dest = self.settings.local_dir.join(rel.as_str());
-        match plan::plan(&remote, self.state.get(&remote.key), local::observe(&dest)) {
-            Action::Unchanged => {
-                summary.unchanged += 1;
-                None
-            }
-            Action::Download(reason) => Some(Job {
-                remote,
-                rel,
-                reason,
-            }),
-        }
-    }
-
     fn absorb(
         &mut self,
-        joined: Result<(String, Result<Done, Error>), tokio::task::JoinError>,
+        joined: Result<Task, tokio::task::JoinError>,
         summary: &mut Summary,
     ) -> Result<(), Error> {
         let (key, result) = match joined {
             Ok(r) => r,
             Err(e) => {
-                summary.failed += 1;
-                push_capped(
-                    &mut summary.failures,
-                    KeyProblem {
-                        key: String::new(),
-                        code: "TaskFailed".into(),
-                        message: e.to_string(),
-                    },
-                );
+                summary.fail("", "TaskFailed", e.to_string());
                 return Ok(());
             }
         };
         match result {
-            Ok(done) => {
+            Ok(Outcome::Downloaded {
+                key,
+                recorded,
+                bytes,
+            }) => {
                 summary.downloaded += 1;
-                summary.bytes += done.bytes;
-                self.state.record(&done.key, done.recorded)?;
+                summary.bytes += bytes;
+                self.state.record(&key, recorded)?;
             }
+            Ok(Outcome::NotModified) => summary.unchanged += 1,
             Err(Error::Cancelled) => {}
             Err(e) => {
                 let message = chain(&e);
                 tracing::warn!(key = %key, error = %message, "object not synced");
-                summary.failed += 1;
-                push_capped(
-                    &mut summary.failures,
-                    KeyProblem {
-                        key,
-                        code: e.code().to_owned(),
-                        message,
-                    },
-                );
+                summary.fail(&key, e.code(), message);
             }
         }
         Ok(())
     }
+
+    /// After a complete pass: remove files the component wrote whose objects are gone, unless
+    /// excluded, edited since, or over the `maxDeletePercent` guard.
+    fn delete_extraneous(
+        &mut self,
+        seen: &HashSet<String>,
+        dry_run: bool,
+        summary: &mut Summary,
+    ) -> Result<(), Error> {
+        let prefix = self.settings.prefix.clone();
+        let filter = self.settings.filter.clone();
+        let protected = |key: &str| {
+            key.strip_prefix(prefix.as_str())
+                .is_none_or(|rel| !filter.allows(rel))
+        };
+        let decision = plan::plan_deletions(
+            self.state.keys(),
+            seen,
+            protected,
+            self.settings.max_delete_percent,
+        );
+        if let Some((would, total)) = decision.refused {
+            let message = format!(
+                "refusing to delete {would} of {total} synced files ({}% > maxDeletePercent {}); if the objects were \
+                 really removed, raise maxDeletePercent for one pass",
+                would * 100 / total.max(1),
+                self.settings.max_delete_percent
+            );
+            tracing::error!("{message}");
+            summary.deletions_refused = would as u64;
+            push_capped(
+                &mut summary.failures,
+                KeyProblem {
+                    key: String::new(),
+                    code: "DeleteLimitExceeded".into(),
+                    message,
+                },
+            );
+            return Ok(());
+        }
+        for key in decision.delete {
+            let Some(recorded) = self.state.get(&key).cloned() else {
+                continue;
+            };
+            let KeyVerdict::Path(rel) = plan::map_key(&key, &prefix, recorded.size.max(1)) else {
+                self.state.forget(&key)?;
+                continue;
+            };
+            let dest = self.settings.local_dir.join(rel.as_str());
+            match local::observe(&dest) {
+                Some(l) if l.size == recorded.size && l.mtime_ns == recorded.mtime_ns => {
+                    if dry_run {
+                        planned(summary, "delete", &key, Some(&rel), "object is gone".into());
+                        continue;
+                    }
+                    std::fs::remove_file(&dest).map_err(|source| local::Error::Io {
+                        action: "delete",
+                        path: dest.clone(),
+                        source,
+                    })?;
+                    self.state.forget(&key)?;
+                    summary.deleted += 1;
+                    tracing::info!(key = %key, path = %dest.display(), "deleted: the object is gone");
+                }
+                Some(_) => {
+                    planned(
+                        summary,
+                        "keep",
+                        &key,
+                        Some(&rel),
+                        "object is gone but the file was edited locally".into(),
+                    );
+                    tracing::warn!(path = %dest.display(), "object is gone but the local file was edited since it was synced; kept");
+                }
+                None if !dry_run => self.state.forget(&key)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The manifest's keys: a conditional GET against the cached copy.
+    async fn fetch_manifest(&mut self, key: &str, dry_run: bool) -> Result<Vec<String>, Error> {
+        let cache_path = self.settings.state_dir.join(
+            self.settings
+                .state_file_name()
+                .replace(".jsonl", ".manifest.json"),
+        );
+        let cached: Option<ManifestCache> = std::fs::read(&cache_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let bad = |detail: String| Error::Manifest {
+            bucket: self.settings.s3.bucket.clone(),
+            key: key.to_owned(),
+            detail,
+        };
+        let out = match self
+            .source
+            .get_conditional(key, cached.as_ref().map(|c| c.etag.as_str()))
+            .await
+        {
+            Ok(Some(out)) => out,
+            Ok(None) => return Ok(cached.map(|c| c.keys).unwrap_or_default()),
+            Err(Error::Vanished { .. }) => return Err(bad("it does not exist (NoSuchKey)".into())),
+            Err(e) => return Err(e),
+        };
+        let etag = out.e_tag().map(plan::normalize_etag).unwrap_or_default();
+        let mut body = out.body;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.try_next().await.map_err(|e| Error::Network {
+            op: "GetObject",
+            target: key.to_owned(),
+            detail: chain(&e),
+        })? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > plan::MAX_MANIFEST_BYTES {
+                return Err(bad(format!(
+                    "larger than {} bytes",
+                    plan::MAX_MANIFEST_BYTES
+                )));
+            }
+        }
+        let keys = plan::parse_manifest(&bytes).map_err(bad)?;
+        if !dry_run && !etag.is_empty() {
+            let text = serde_json::to_vec(&ManifestCache {
+                etag,
+                keys: keys.clone(),
+            })
+            .unwrap_or_default();
+            let tmp = cache_path.with_extension("tmp");
+            if let Err(e) =
+                std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &cache_path))
+            {
+                tracing::warn!(path = %cache_path.display(), error = %e, "cannot cache the manifest; it is fetched whole next pass");
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn planned(
+    summary: &mut Summary,
+    action: &'static str,
+    key: &str,
+    rel: Option<&RelPath>,
+    reason: String,
+) {
+    summary.planned.push(PlannedAction {
+        action,
+        key: key.to_owned(),
+        path: rel.map(ToString::to_string),
+        reason,
+    });
 }
 
 fn push_capped(list: &mut Vec<KeyProblem>, p: KeyProblem) {
@@ -594,7 +972,7 @@ async fn download_with_retries(
     creds: &IotCredentialsProvider,
     root: &std::path::Path,
     job: &Job,
-) -> Result<Done, Error> {
+) -> Result<Outcome, Error> {
     let mut attempt = 0;
     loop {
         match download(source, root, job).await {
@@ -604,7 +982,7 @@ async fn download_with_retries(
             }
             Err(e) if e.is_retryable() && attempt + 1 < OBJECT_ATTEMPTS => {
                 let delay = OBJECT_BACKOFF.random_delay(attempt);
-                tracing::debug!(key = %job.remote.key, error = %chain(&e), ?delay, "retrying object");
+                tracing::debug!(key = %job.key(), error = %chain(&e), ?delay, "retrying object");
                 tokio::time::sleep(delay).await;
             }
             other => return other,
@@ -613,12 +991,41 @@ async fn download_with_retries(
     }
 }
 
-/// Downloads one object into place: temp file, verify, fsync, rename.
-async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<Done, Error> {
-    let remote = &job.remote;
-    let dest = local::prepare_destination(root, &job.rel)?;
+/// Fetches one object and writes it into place: temp file, verify, fsync, rename.
+async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<Outcome, Error> {
+    let (out, remote, rel) = match job {
+        Job::Listed { remote, rel, .. } => (
+            source.get(&remote.key, &remote.etag).await?,
+            remote.clone(),
+            rel,
+        ),
+        Job::Unlisted {
+            key,
+            rel,
+            if_none_match,
+        } => {
+            let Some(out) = source
+                .get_conditional(key, if_none_match.as_deref())
+                .await?
+            else {
+                return Ok(Outcome::NotModified);
+            };
+            let remote = Remote {
+                key: key.clone(),
+                etag: out.e_tag().map(plan::normalize_etag).unwrap_or_default(),
+                size: out
+                    .content_length()
+                    .and_then(|l| u64::try_from(l).ok())
+                    .unwrap_or(0),
+                last_modified: out
+                    .last_modified()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+            };
+            (out, remote, rel)
+        }
+    };
+    let dest = local::prepare_destination(root, rel)?;
     let parent = dest.parent().unwrap_or(root);
-    let out = source.get(&remote.key, &remote.etag).await?;
     let kms_or_customer_key = out.sse_customer_algorithm().is_some()
         || out
             .server_side_encryption()
@@ -666,11 +1073,15 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
         }
     }
     let written = tmp.commit(&dest, remote.last_modified).await?;
-    tracing::debug!(key = %remote.key, path = %dest.display(), reason = %job.reason, bytes = received, "downloaded");
-    Ok(Done {
+    let why = match job {
+        Job::Listed { reason, .. } => reason.to_string(),
+        Job::Unlisted { .. } => "named in keys/manifest".to_owned(),
+    };
+    tracing::debug!(key = %remote.key, path = %dest.display(), bytes = received, reason = %why, "downloaded");
+    Ok(Outcome::Downloaded {
         key: remote.key.clone(),
         recorded: plan::Recorded {
-            etag: plan::version_tag(remote),
+            etag: plan::version_tag(&remote),
             size: remote.size,
             mtime_ns: written.mtime_ns,
         },

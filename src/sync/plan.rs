@@ -424,3 +424,149 @@ mod tests {
         assert_eq!(version_tag(&remote("", 1)), "lm:0");
     }
 }
+
+/// Which recorded files to delete because their objects are gone (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionPlan {
+    /// Keys whose files go.
+    pub delete: Vec<String>,
+    /// `(would delete, recorded)` when the `maxDeletePercent` guard refused the deletions.
+    pub refused: Option<(usize, usize)>,
+}
+
+/// Decides deletions after a complete listing: recorded keys not listed any more, except those
+/// `keep` protects (excluded by filters). Refuses all of them if they exceed `max_percent` of
+/// the recorded files.
+pub fn plan_deletions<'a>(
+    recorded: impl Iterator<Item = &'a str>,
+    listed: &std::collections::HashSet<String>,
+    keep: impl Fn(&str) -> bool,
+    max_percent: u8,
+) -> DeletionPlan {
+    let mut total = 0usize;
+    let mut delete = Vec::new();
+    for key in recorded {
+        total += 1;
+        if !listed.contains(key) && !keep(key) {
+            delete.push(key.to_owned());
+        }
+    }
+    delete.sort();
+    if delete.len() * 100 > usize::from(max_percent) * total {
+        return DeletionPlan {
+            refused: Some((delete.len(), total)),
+            delete: Vec::new(),
+        };
+    }
+    DeletionPlan {
+        delete,
+        refused: None,
+    }
+}
+
+/// Largest manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Parses a manifest: a JSON array of keys, or one key per line (blank lines and lines
+/// starting with `#` ignored). Duplicates are dropped, order kept.
+///
+/// # Errors
+/// What is wrong with the manifest.
+pub fn parse_manifest(bytes: &[u8]) -> Result<Vec<String>, String> {
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "manifest is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit",
+            bytes.len()
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("manifest is not UTF-8 ({e})"))?;
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    let keys: Vec<String> = if trimmed.starts_with('[') {
+        let v: Vec<serde_json::Value> = serde_json::from_str(trimmed)
+            .map_err(|e| format!("manifest looks like JSON but is not a JSON array ({e})"))?;
+        v.into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                serde_json::Value::String(s) if !s.is_empty() => Ok(s),
+                other => Err(format!(
+                    "manifest item {i} is not a non-empty string: {other}"
+                )),
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        trimmed
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut seen = std::collections::HashSet::new();
+    Ok(keys
+        .into_iter()
+        .filter(|k| seen.insert(k.clone()))
+        .collect())
+}
+
+#[cfg(test)]
+mod deletion_tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn set(v: &[&str]) -> HashSet<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn deletes_only_unlisted_unprotected_keys_within_the_guard() {
+        let rec = ["a", "b", "c", "d"];
+        let p = plan_deletions(rec.iter().copied(), &set(&["a", "b", "c"]), |_| false, 50);
+        assert_eq!(
+            p,
+            DeletionPlan {
+                delete: vec!["d".into()],
+                refused: None
+            }
+        );
+        let p = plan_deletions(rec.iter().copied(), &set(&["a"]), |k| k == "d", 50);
+        assert_eq!(p.delete, ["b", "c"], "50% is allowed; protected keys stay");
+        let p = plan_deletions(rec.iter().copied(), &set(&[]), |_| false, 50);
+        assert_eq!(
+            p,
+            DeletionPlan {
+                delete: vec![],
+                refused: Some((4, 4))
+            }
+        );
+        let p = plan_deletions(rec.iter().copied(), &set(&[]), |_| false, 100);
+        assert_eq!(p.delete.len(), 4);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_deletes_listed_or_protected(rec in proptest::collection::hash_set("[a-e]", 0..5), listed in proptest::collection::hash_set("[a-e]", 0..5), pct in 0u8..=100) {
+            let p = plan_deletions(rec.iter().map(String::as_str), &listed, |k| k == "e", pct);
+            for k in &p.delete {
+                proptest::prop_assert!(!listed.contains(k) && k != "e" && rec.contains(k));
+            }
+            proptest::prop_assert!(p.delete.len() * 100 <= usize::from(pct) * rec.len());
+        }
+    }
+
+    #[test]
+    fn manifests() {
+        assert_eq!(
+            parse_manifest(br#"["a", "b/c", "a"]"#).unwrap(),
+            ["a", "b/c"]
+        );
+        assert_eq!(
+            parse_manifest(b"# models\r\na\n\n  \nb/c\r\n").unwrap(),
+            ["a", "b/c"]
+        );
+        assert!(parse_manifest(br#"["a", 3]"#)
+            .unwrap_err()
+            .contains("item 1"));
+        assert!(parse_manifest(b"[not json").is_err());
+        assert!(parse_manifest(&[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
+    }
+}

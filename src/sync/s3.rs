@@ -131,6 +131,52 @@ impl Source {
             .map_err(|e| self.classify(Op::Get, key, &e))
     }
 
+    /// GET `key`, with `If-None-Match` when an ETag is given; `None` means 304 Not Modified.
+    ///
+    /// # Errors
+    /// As [`Source::get`].
+    pub async fn get_conditional(
+        &self,
+        key: &str,
+        if_none_match: Option<&str>,
+    ) -> Result<Option<GetObjectOutput>, Error> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(etag) = if_none_match {
+            req = req.if_none_match(format!("\"{etag}\""));
+        }
+        match req.send().await {
+            Ok(out) => Ok(Some(out)),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 304) => Ok(None),
+            Err(e) => Err(self.classify(Op::Get, key, &e)),
+        }
+    }
+
+    /// HeadObject: the object's ETag, size and time without its body (needs only s3:GetObject).
+    ///
+    /// # Errors
+    /// As [`Source::get`].
+    pub async fn head(&self, key: &str) -> Result<Remote, Error> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.classify(Op::Get, key, &e))?;
+        Ok(Remote {
+            key: key.to_owned(),
+            etag: out.e_tag().map(normalize_etag).unwrap_or_default(),
+            size: out
+                .content_length()
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0),
+            last_modified: out
+                .last_modified()
+                .and_then(|t| SystemTime::try_from(*t).ok()),
+        })
+    }
+
     fn classify<E, R>(&self, op: Op, target: &str, err: &SdkError<E, R>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,

@@ -156,6 +156,11 @@ impl StateStore {
         self.entries.get(key)
     }
 
+    /// Every recorded key.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
     /// Number of recorded objects.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -1,0 +1,162 @@
+//! Filters, deletions with their guard, and dry runs.
+
+mod common;
+
+use common::{once_args, run_async, tree, Env};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn include_exclude_and_excluded_files_are_never_deleted() {
+    let env = Env::default().await;
+    for k in [
+        "f/a.bin",
+        "f/b.bin",
+        "f/c.tmp",
+        "f/logs/x.bin",
+        "f/readme.md",
+    ] {
+        env.put(k, k).await;
+    }
+    let cfg = env.write_config(&env.config("f/", |m| {
+        m.insert("include".into(), json!(["*.bin", "*.md"]));
+        m.insert("exclude".into(), json!(["logs/**"]));
+        m.insert("deleteExtraneous".into(), true.into());
+        m.insert("maxDeletePercent".into(), 100.into());
+    }));
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["excluded"].as_u64()),
+        (Some(3), Some(2)),
+        "{s}"
+    );
+    assert_eq!(
+        tree(&env.local).keys().collect::<Vec<_>>(),
+        ["a.bin", "b.bin", "readme.md"]
+    );
+
+    // readme.md becomes excluded and its object disappears: an excluded file is never deleted.
+    env.stack
+        .s3
+        .delete_object(env.bucket(), "f/readme.md")
+        .unwrap();
+    env.stack.s3.delete_object(env.bucket(), "f/b.bin").unwrap();
+    let cfg = env.write_config(&env.config("f/", |m| {
+        m.insert("include".into(), json!(["*.bin"]));
+        m.insert("exclude".into(), json!(["logs/**"]));
+        m.insert("deleteExtraneous".into(), true.into());
+        m.insert("maxDeletePercent".into(), 100.into());
+    }));
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["deleted"], 1, "{s}");
+    assert_eq!(
+        tree(&env.local).keys().collect::<Vec<_>>(),
+        ["a.bin", "readme.md"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletions_only_touch_unedited_files_the_component_wrote_and_respect_the_guard() {
+    let env = Env::default().await;
+    for i in 0..4 {
+        env.put(&format!("d/{i}.txt"), format!("{i}").as_str())
+            .await;
+    }
+    let edit = |m: &mut serde_json::Map<String, serde_json::Value>| {
+        m.insert("deleteExtraneous".into(), "true".into());
+    };
+    env.once_with("d/", edit).await.assert_ok();
+    std::fs::write(env.local.join("mine.txt"), "not from S3").unwrap();
+
+    // 3 of 4 objects gone: 75% > the default 50%, so nothing is deleted and the pass says so.
+    for i in 0..3 {
+        env.stack
+            .s3
+            .delete_object(env.bucket(), &format!("d/{i}.txt"))
+            .unwrap();
+    }
+    let r = env.once_with("d/", edit).await;
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let s = r.summary();
+    assert_eq!(
+        (s["deleted"].as_u64(), s["deletionsRefused"].as_u64()),
+        (Some(0), Some(3)),
+        "{s}"
+    );
+    assert!(
+        s["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxDeletePercent"),
+        "{s}"
+    );
+    assert_eq!(tree(&env.local).len(), 5);
+
+    // With the guard raised: the files it wrote go, an edited one and a foreign one stay.
+    std::fs::write(env.local.join("0.txt"), "edited by a person").unwrap();
+    let s = env
+        .once_with("d/", |m| {
+            edit(m);
+            m.insert("maxDeletePercent".into(), 100.into());
+        })
+        .await
+        .assert_ok();
+    assert_eq!(s["deleted"], 2, "{s}");
+    assert_eq!(
+        tree(&env.local).keys().collect::<Vec<_>>(),
+        ["0.txt", "3.txt", "mine.txt"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_prints_the_plan_and_changes_nothing() {
+    let env = Env::default().await;
+    env.put("r/new.txt", "n").await;
+    env.put("r/gone.txt", "g").await;
+    env.stack
+        .s3
+        .put_virtual_object(env.bucket(), "r/../evil", b"x".to_vec());
+    let edit = |m: &mut serde_json::Map<String, serde_json::Value>| {
+        m.insert("deleteExtraneous".into(), true.into());
+        m.insert("maxDeletePercent".into(), 100.into());
+    };
+    env.once_with("r/", edit).await.assert_ok();
+    env.put("r/new.txt", "changed").await;
+    env.put("r/added.txt", "a").await;
+    env.stack
+        .s3
+        .delete_object(env.bucket(), "r/gone.txt")
+        .unwrap();
+    let before = tree(&env.local);
+    let state_before = tree(&env.state);
+    let gets = env.stack.s3.get_count();
+
+    let cfg = env.write_config(&env.config("r/", edit));
+    let r = common::run(&["once", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    let out = r.stdout();
+    assert!(
+        out.contains("would download r/added.txt -> added.txt: new"),
+        "{out}"
+    );
+    assert!(
+        out.contains("would download r/new.txt -> new.txt: changed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("would delete r/gone.txt -> gone.txt: object is gone"),
+        "{out}"
+    );
+    assert!(out.contains("would skip r/../evil"), "{out}");
+    assert_eq!(tree(&env.local), before, "nothing written or deleted");
+    assert_eq!(tree(&env.state), state_before, "state untouched");
+    assert_eq!(env.stack.s3.get_count(), gets, "no object fetched");
+
+    // A dry run into a folder that does not exist yet does not create it.
+    let fresh = env.tmp.path().join("never-created");
+    let cfg = env.write_config(&env.config("r/", |m| {
+        m.insert("localDir".into(), fresh.display().to_string().into());
+    }));
+    let r = common::run(&["once", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert!(!fresh.exists());
+}
