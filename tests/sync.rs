@@ -274,3 +274,36 @@ async fn symlinks_planted_in_local_dir_are_not_followed() {
         "nothing written through the symlink"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_folder_conflicts_and_unicode_normal_forms_have_documented_outcomes() {
+    let env = Env::default().await;
+    // 'a' and 'a/b': one path cannot be a file and a folder. One object wins, the other is
+    // reported as a conflict; nothing is overwritten.
+    env.put("u/a", "file a").await;
+    // s3s-fs stores objects as files, so it cannot hold both; serve one from memory.
+    env.stack
+        .s3
+        .put_virtual_object(env.bucket(), "u/a/b", b"file b".to_vec());
+    // NFC and NFD spellings of "café" are different byte strings, hence two files on Linux.
+    env.put("u/caf\u{e9}.txt", "nfc").await;
+    env.put("u/cafe\u{301}.txt", "nfd").await;
+    let r = env
+        .once_with("u/", |m| {
+            m.insert("maxConcurrency".into(), "1".into());
+        })
+        .await;
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let s = r.summary();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["failed"].as_u64()),
+        (Some(3), Some(1)),
+        "{s}"
+    );
+    let msg = s["failures"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("but the object needs a"), "{msg}");
+    let t = tree(&env.local);
+    assert_eq!(t["caf\u{e9}.txt"], b"nfc");
+    assert_eq!(t["cafe\u{301}.txt"], b"nfd");
+    assert!(t.get("a") == Some(&b"file a".to_vec()) || t.get("a/b") == Some(&b"file b".to_vec()));
+}

@@ -72,6 +72,26 @@ struct VirtualObject {
     modified: SystemTime,
 }
 
+/// A failure the S3 server injects into GETs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this S3 error code (e.g. `InternalError` 500, `SlowDown` 503).
+    Status(&'static str),
+    /// Send this many body bytes, then end the body early.
+    Truncate(usize),
+    /// Send this many body bytes, then fail the connection.
+    Reset(usize),
+    /// Flip the bits of the body byte at this offset.
+    Corrupt(usize),
+}
+
+#[derive(Debug, Clone)]
+struct FaultRule {
+    key_pattern: String,
+    fault: Fault,
+    remaining: u32,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     virtual_objects: BTreeMap<(String, String), VirtualObject>,
@@ -81,6 +101,19 @@ struct Shared {
     in_flight: u64,
     max_in_flight: u64,
     lists: u64,
+    faults: Vec<FaultRule>,
+}
+
+impl Shared {
+    /// Takes one use of the first rule matching `key`.
+    fn take_fault(&mut self, key: &str) -> Option<Fault> {
+        let rule = self
+            .faults
+            .iter_mut()
+            .find(|r| r.remaining > 0 && iam::glob(&r.key_pattern, key))?;
+        rule.remaining -= 1;
+        Some(rule.fault.clone())
+    }
 }
 
 /// s3s-fs with the fixes above.
@@ -211,6 +244,33 @@ impl Drop for InFlight {
     }
 }
 
+/// Applies a body fault to the chunk starting at body offset `start`.
+fn apply_fault(chunk: Bytes, start: usize, fault: Option<&Fault>) -> Result<Bytes, std::io::Error> {
+    let end = start + chunk.len();
+    match fault {
+        Some(Fault::Truncate(n)) if end > *n => {
+            if start >= *n {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "injected truncation",
+                ))
+            } else {
+                Ok(chunk.slice(..n - start))
+            }
+        }
+        Some(Fault::Reset(n)) if end > *n => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected reset",
+        )),
+        Some(Fault::Corrupt(at)) if (start..end).contains(at) => {
+            let mut v = chunk.to_vec();
+            v[at - start] ^= 0xff;
+            Ok(Bytes::from(v))
+        }
+        _ => Ok(chunk),
+    }
+}
+
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = S3Result<S3Response<T>>> + Send + 'a>>;
 
 /// Forwards operations to s3s-fs unchanged (the `async_trait` desugaring, written out because
@@ -252,11 +312,15 @@ impl S3 for DevS3 {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        let (delay, chunk_delay) = {
+        let (delay, chunk_delay, fault) = {
             let mut s = self.shared();
             s.gets += 1;
-            (s.get_delay, s.chunk_delay)
+            (s.get_delay, s.chunk_delay, s.take_fault(&req.input.key))
         };
+        if let Some(Fault::Status(code)) = &fault {
+            let code: S3ErrorCode = code.parse().unwrap_or(S3ErrorCode::InternalError);
+            return Err(S3Error::with_message(code, "injected fault"));
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -291,13 +355,21 @@ impl S3 for DevS3 {
         }
         let mut resp = self.hide_missing(creds.as_ref(), &bucket, self.fs.get_object(req).await)?;
         if let Some(body) = resp.output.body.take() {
+            let mut sent = 0usize;
             let body = futures_util::StreamExt::then(body, move |chunk| {
                 let _still_in_flight = &in_flight;
+                let start = sent;
+                let chunk = chunk
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|c| {
+                        sent += c.len();
+                        apply_fault(c, start, fault.as_ref())
+                    });
                 async move {
                     if !chunk_delay.is_zero() {
                         tokio::time::sleep(chunk_delay).await;
                     }
-                    chunk.map_err(|e| std::io::Error::other(e.to_string()))
+                    chunk
                 }
             });
             resp.output.body = Some(StreamingBlob::wrap(body));
@@ -594,6 +666,15 @@ impl S3Server {
     #[must_use]
     pub fn get_count(&self) -> u64 {
         self.s3.shared().gets
+    }
+
+    /// Injects `fault` into the next `times` GETs of keys matching `key_pattern` (`*` glob).
+    pub fn inject(&self, key_pattern: &str, fault: Fault, times: u32) {
+        self.s3.shared().faults.push(FaultRule {
+            key_pattern: key_pattern.to_owned(),
+            fault,
+            remaining: times,
+        });
     }
 
     /// The most GETs whose bodies were being sent at the same time.

@@ -1,0 +1,114 @@
+//! Servers that fail mid-transfer, corrupt bodies, and kill -9 mid-sync.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{bin, noise, once_args, run_async, tree, Env};
+use devstack::s3::Fault;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_are_retried_and_the_tree_is_exact() {
+    let env = Env::default().await;
+    for i in 0..6 {
+        env.put(&format!("t/{i}.bin"), noise(200_000, i)).await;
+    }
+    let s3 = &env.stack.s3;
+    s3.inject("t/0.bin", Fault::Status("InternalError"), 2);
+    s3.inject("t/1.bin", Fault::Status("SlowDown"), 2);
+    s3.inject("t/2.bin", Fault::Truncate(50_000), 1);
+    s3.inject("t/3.bin", Fault::Reset(100_000), 1);
+    s3.inject("t/4.bin", Fault::Corrupt(123_456), 1);
+    let s = env.once_with("t/", |_| {}).await.assert_ok();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["failed"].as_u64()),
+        (Some(6), Some(0)),
+        "{s}"
+    );
+    let t = tree(&env.local);
+    for i in 0..6 {
+        assert_eq!(
+            t[&format!("{i}.bin")],
+            noise(200_000, i),
+            "{i}.bin is byte-identical"
+        );
+    }
+    assert!(s3.get_count() >= 6 + 5, "the faulty GETs were repeated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanently_corrupt_object_fails_alone_and_leaves_nothing_behind() {
+    let env = Env::default().await;
+    env.put("c/good.bin", noise(10_000, 1)).await;
+    env.put("c/bad.bin", noise(10_000, 2)).await;
+    env.stack.s3.inject("c/bad.bin", Fault::Corrupt(5), 100);
+    let r = env.once_with("c/", |_| {}).await;
+    assert_eq!(r.code(), Some(1));
+    let s = r.summary();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["failures"][0]["code"], "ChecksumMismatch", "{s}");
+    assert!(
+        s["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match ETag"),
+        "{s}"
+    );
+    assert_eq!(
+        tree(&env.local).keys().collect::<Vec<_>>(),
+        ["good.bin"],
+        "no corrupt or partial file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_sync_then_restart_gives_an_exact_tree_and_no_temp_files() {
+    let env = Env::default().await;
+    for i in 0..4 {
+        env.put(&format!("k/{i}.bin"), noise(1 << 20, i)).await;
+    }
+    env.put("k/small.txt", "s").await;
+    env.stack.s3.set_chunk_delay(Duration::from_millis(3));
+    let cfg = env.write_config(&env.config("k/", |m| {
+        m.insert("maxConcurrency".into(), "2".into());
+    }));
+    let mut child = Command::new(bin())
+        .args(once_args(&cfg))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..1000 {
+        if tree(&env.local).keys().any(|k| k.contains(".gg-s3-sync.")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        tree(&env.local).keys().any(|k| k.contains(".gg-s3-sync.")),
+        "killed mid-download"
+    );
+    assert!(Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+
+    env.stack.s3.set_chunk_delay(Duration::ZERO);
+    run_async(once_args(&cfg)).await.assert_ok();
+    let t = tree(&env.local);
+    assert_eq!(t.len(), 5, "{:?}", t.keys().collect::<Vec<_>>());
+    for i in 0..4 {
+        assert_eq!(t[&format!("{i}.bin")], noise(1 << 20, i));
+    }
+    assert!(
+        !t.keys().any(|k| k.contains(".gg-s3-sync.")),
+        "temp files swept"
+    );
+}
