@@ -373,11 +373,13 @@ impl Config {
         let state_dir = r
             .optional_str("stateDir")
             .map_or_else(|| Some(working_dir.to_owned()), |s| Some(base_dir.join(s)));
-        let status_topic = r.topic(
-            "statusTopic",
-            true,
-            &default_status_topic(thing_name.as_deref()),
-        );
+        let status_topic = r
+            .topic(
+                "statusTopic",
+                true,
+                &default_status_topic(thing_name.as_deref()),
+            )
+            .and_then(|t| r.with_thing_name("statusTopic", t, thing_name.as_deref()));
         let local_status_topic = r.topic("localStatusTopic", true, DEFAULT_LOCAL_STATUS_TOPIC);
         let trigger_topic = r.topic("triggerTopic", false, DEFAULT_TRIGGER_TOPIC);
         let keys = r.string_list("keys");
@@ -507,6 +509,24 @@ impl Reader<'_> {
             return self.fail(key, "a path cannot contain a NUL character");
         }
         Some(self.base_dir.join(s))
+    }
+
+    /// Substitutes `{thingName}` in a topic (the recipe's default uses it; nucleus lite cannot
+    /// interpolate configuration).
+    fn with_thing_name(
+        &mut self,
+        key: &str,
+        topic: Option<String>,
+        thing: Option<&str>,
+    ) -> Option<Option<String>> {
+        match (topic, thing) {
+            (Some(t), Some(thing)) => Some(Some(t.replace("{thingName}", thing))),
+            (Some(t), None) if t.contains("{thingName}") => self.fail(
+                key,
+                format!("'{t}' uses {{thingName}}, but thingName is not set"),
+            ),
+            (t, _) => Some(t),
+        }
     }
 
     /// A list of strings: absent, `null` or `""` = empty.
@@ -888,6 +908,11 @@ mod tests {
         assert_eq!(c.status_topic.as_deref(), Some("gg-s3-sync/thing-1/status"));
         assert_eq!(c.local_status_topic.as_deref(), Some("gg-s3-sync/status"));
         assert_eq!(c.trigger_topic.as_deref(), Some("gg-s3-sync/sync-now"));
+        let c = ok(&with("statusTopic", json!("fleet/{thingName}/sync"))).config;
+        assert_eq!(c.status_topic.as_deref(), Some("fleet/thing-1/sync"));
+        let mut no_thing = with("statusTopic", json!("x/{thingName}"));
+        no_thing.as_object_mut().unwrap().remove("thingName");
+        assert!(err(&no_thing)[0].problem.contains("thingName is not set"));
         let c = ok(&with("statusTopic", json!(""))).config;
         assert_eq!(c.status_topic, None, "empty disables");
         let e = err(&with("localStatusTopic", json!("a/#")));

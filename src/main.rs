@@ -41,6 +41,9 @@ enum Command {
         /// device certificate and key when the configuration does not name them.
         #[arg(long)]
         kernel_root: Option<PathBuf>,
+        /// The component's work folder (the recipe passes {work:path}); default: the current one.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
     },
     /// Sync once; exit 0 if every object is in place, 1 otherwise.
     Once {
@@ -102,8 +105,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             config: None,
             kernel_root,
+            work_dir,
         } => {
-            let cwd = std::env::current_dir().context("cannot determine the working folder")?;
+            let cwd = match work_dir {
+                Some(d) => d,
+                None => std::env::current_dir().context("cannot determine the working folder")?,
+            };
             let Some(env) =
                 greengrass::Environment::from_vars(|k| std::env::var(k).ok(), kernel_root, cwd)
             else {

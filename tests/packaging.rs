@@ -1,0 +1,245 @@
+//! recipe.yaml, gdk-config.json and the build script: schema-valid, rendered, and never
+//! drifting from what the binary accepts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use gg_s3_sync::config::{Config, KNOWN_KEYS};
+use gg_s3_sync::discovery::{resolve, Facts};
+use serde_json::{json, Value};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn recipe() -> Value {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("recipe.yaml")).unwrap();
+    serde_norway::from_str(&text).unwrap()
+}
+
+fn default_configuration() -> serde_json::Map<String, Value> {
+    recipe()["ComponentConfiguration"]["DefaultConfiguration"]
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+fn gdk() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(Path::new(ROOT).join("gdk-config.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn build_script_renders_validates_and_packages() {
+    let out = tempfile::tempdir().unwrap();
+    let r = Command::new("bash")
+        .arg(Path::new(ROOT).join("scripts/build-component"))
+        .args(["--binary", common::bin(), "--out"])
+        .arg(out.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                Path::new(&common::python()).parent().unwrap().display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let (name, component) = gdk()["component"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    let version = component["version"].as_str().unwrap().to_owned();
+    let artifact = out.path().join(format!(
+        "artifacts/{name}/{version}/gg-s3-sync-{}",
+        std::env::consts::ARCH
+    ));
+    let meta =
+        std::fs::metadata(&artifact).unwrap_or_else(|e| panic!("{}: {e}", artifact.display()));
+    assert!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o100 != 0,
+        "executable"
+    );
+    let rendered = std::fs::read_to_string(out.path().join("recipes/recipe.yaml")).unwrap();
+    assert!(
+        !rendered.contains("{COMPONENT_"),
+        "placeholders substituted"
+    );
+    let v: Value = serde_norway::from_str(&rendered).unwrap();
+    assert_eq!(v["ComponentName"], name.as_str());
+    assert_eq!(v["ComponentVersion"], version.as_str());
+    assert_eq!(v["ComponentPublisher"], component["author"]);
+    assert!(
+        v["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"]
+            ["aws.greengrass.ipc.mqttproxy"]
+            .get(format!("{name}:mqttproxy:1"))
+            .is_some()
+    );
+}
+
+fn render(gdk_config: &Path, template: &Path) -> std::process::Output {
+    let out = tempfile::tempdir().unwrap();
+    Command::new(common::python())
+        .arg(Path::new(ROOT).join("scripts/render_recipe.py"))
+        .arg(gdk_config)
+        .arg(template)
+        .arg(out.path().join("recipe.yaml"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_validator_rejects_what_gdk_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_gdk = Path::new(ROOT).join("gdk-config.json");
+    let good_recipe = Path::new(ROOT).join("recipe.yaml");
+    assert!(render(&good_gdk, &good_recipe).status.success());
+
+    let bad = dir.path().join("recipe.yaml");
+    let text = std::fs::read_to_string(&good_recipe).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace(
+            "RecipeFormatVersion: \"2020-01-25\"",
+            "RecipeFormatVersion: \"2021-01-01\"",
+        ),
+    )
+    .unwrap();
+    let r = render(&good_gdk, &bad);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("recipeformatversion"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
+    let mut g = gdk();
+    let (_, c) = g["component"]
+        .as_object_mut()
+        .unwrap()
+        .iter_mut()
+        .next()
+        .unwrap();
+    c["build"]["build_system"] = json!("make");
+    let bad_gdk = dir.path().join("gdk-config.json");
+    std::fs::write(&bad_gdk, g.to_string()).unwrap();
+    let r = render(&bad_gdk, &good_recipe);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("does not match GDK's schema"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+#[test]
+fn default_configuration_has_exactly_the_accepted_keys() {
+    let documented: BTreeSet<String> = default_configuration()
+        .keys()
+        .filter(|k| *k != "accessControl")
+        .cloned()
+        .collect();
+    let accepted: BTreeSet<String> = KNOWN_KEYS.iter().map(|k| (*k).to_owned()).collect();
+    assert_eq!(documented, accepted);
+}
+
+#[test]
+fn default_configuration_values_parse_once_a_deployment_sets_bucket_and_local_dir() {
+    let mut c = default_configuration();
+    c.insert("bucket".into(), json!("my-bucket"));
+    c.insert("localDir".into(), json!("/var/lib/sync"));
+    let facts = Facts {
+        nucleus_cred_endpoint: Some("x.credentials.iot.us-east-1.amazonaws.com".into()),
+        nucleus_region: Some("us-east-1".into()),
+        nucleus_role_alias: Some("GreengrassV2TokenExchangeRoleAlias".into()),
+        env_thing_name: Some("thing-1".into()),
+        kernel_root: Some("/greengrass/v2".into()),
+        ..Facts::default()
+    };
+    let resolved = resolve(&Value::Object(c), &facts);
+    let parsed = Config::from_value(&resolved.document, Path::new("/w"), Path::new("/w")).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let cfg = parsed.config;
+    assert_eq!(
+        cfg.status_topic.as_deref(),
+        Some("gg-s3-sync/thing-1/status")
+    );
+    assert_eq!(cfg.sync_interval.as_secs(), 300);
+    assert_eq!(
+        cfg.private_key_path,
+        Path::new("/greengrass/v2/privKey.key")
+    );
+}
+
+#[test]
+fn access_control_covers_the_default_topics_and_versions_agree() {
+    let ac = &default_configuration()["accessControl"];
+    let mqtt = ac["aws.greengrass.ipc.mqttproxy"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap();
+    assert_eq!(
+        mqtt["operations"],
+        json!(["aws.greengrass#PublishToIoTCore"])
+    );
+    // MQTT wildcard '+' stands for the thing name in gg-s3-sync/{thingName}/status.
+    assert_eq!(mqtt["resources"], json!(["gg-s3-sync/+/status"]));
+    let pubsub = ac["aws.greengrass.ipc.pubsub"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap();
+    let resources: Vec<&str> = pubsub["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for t in [
+        gg_s3_sync::config::DEFAULT_LOCAL_STATUS_TOPIC,
+        gg_s3_sync::config::DEFAULT_TRIGGER_TOPIC,
+    ] {
+        assert!(resources.contains(&t), "{t} not granted");
+    }
+    let (_, component) = gdk()["component"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    assert_eq!(
+        component["version"],
+        env!("CARGO_PKG_VERSION"),
+        "gdk-config.json and Cargo.toml versions agree"
+    );
+    assert!(
+        component["build"]["custom_build_command"].is_array(),
+        "GDK runs a string command without a shell"
+    );
+    for m in recipe()["Manifests"].as_array().unwrap() {
+        assert_eq!(m["Platform"]["runtime"], "*", "nucleus lite needs runtime");
+        assert_eq!(m["Lifecycle"]["run"]["RequiresPrivilege"], true);
+        assert_eq!(m["Artifacts"][0]["Permission"]["Execute"], "OWNER");
+        let script = m["Lifecycle"]["run"]["Script"].as_str().unwrap();
+        assert!(
+            script.contains("--kernel-root {kernel:rootPath}")
+                && script.contains("--work-dir {work:path}"),
+            "{script}"
+        );
+    }
+}
