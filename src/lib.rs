@@ -11,11 +11,13 @@
 //! - [`ipc`]: Greengrass IPC client (frame/codec/rpc/model/client).
 //! - [`discovery`]: Greengrass mode fills configuration gaps from the nucleus (pure).
 //! - [`status`]: the status document (pure).
+//! - [`check`]: the preflight doctor (`gg-s3-sync check`).
 //! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
 //! - [`clock`], [`backoff`]: injected time and retry policy.
 
 pub mod app;
 pub mod backoff;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod credentials;

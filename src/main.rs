@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use gg_s3_sync::app::greengrass;
 use gg_s3_sync::config::Config;
 use gg_s3_sync::sync::{chain, Error as SyncError, Summary};
-use gg_s3_sync::{app, clock};
+use gg_s3_sync::{app, check, clock};
 
 /// Keep a local folder in sync with an S3 prefix, authenticated by an AWS IoT device certificate.
 #[derive(Debug, Parser)]
@@ -42,6 +42,22 @@ enum Command {
         #[arg(long)]
         kernel_root: Option<PathBuf>,
         /// The component's work folder (the recipe passes {work:path}); default: the current one.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+    /// Check every step a sync depends on (configuration, files, credentials, S3, localDir,
+    /// clock); exit 0 only when all pass. Without --config, checks the Greengrass deployment.
+    Check {
+        /// Configuration file (YAML or JSON). Omit under Greengrass.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The Greengrass root folder ({kernel:rootPath}).
+        #[arg(long)]
+        kernel_root: Option<PathBuf>,
+        /// The component's work folder ({work:path}).
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
@@ -128,6 +144,52 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(EXIT_IPC))
                 }
             }
+        }
+        Command::Check {
+            config,
+            json,
+            kernel_root,
+            work_dir,
+        } => {
+            let cwd = match work_dir {
+                Some(d) => d,
+                None => std::env::current_dir().context("cannot determine the working folder")?,
+            };
+            let loaded = match config {
+                Some(path) => Config::load_file(&path, &cwd)
+                    .map(|p| (p.config, p.warnings))
+                    .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+                None => match greengrass::Environment::from_vars(
+                    |k| std::env::var(k).ok(),
+                    kernel_root,
+                    cwd,
+                ) {
+                    Some(env) => greengrass::load_config(&env).await,
+                    None => Err(
+                        "no --config given and not started by Greengrass (SVCUID and \
+                                 AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT are not set)"
+                            .to_owned(),
+                    ),
+                },
+            };
+            let (report, config) = check::configuration(loaded);
+            let report = match config {
+                Some(c) => check::run(report, &c, clock).await,
+                None => report,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Once {
             config,

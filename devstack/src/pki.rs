@@ -151,6 +151,26 @@ impl Ca {
         self.issue(dir, file_stem, params, KeyPair::generate())
     }
 
+    /// A device certificate valid only between two dates (e.g. already expired).
+    ///
+    /// # Errors
+    /// [`Error`] if generation or writing fails.
+    pub fn device_valid_between(
+        &self,
+        dir: &Path,
+        file_stem: &str,
+        cn: &str,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> Result<CertFiles, Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        self.issue(dir, file_stem, params, KeyPair::generate())
+    }
+
     /// A device certificate for an existing key (e.g. an RSA PKCS#1 key made by openssl).
     ///
     /// # Errors

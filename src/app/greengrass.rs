@@ -182,6 +182,84 @@ pub async fn run(
     result
 }
 
+/// Reads the nucleus configuration keys and files discovery needs.
+async fn gather_facts(ipc: &IpcClient, env: &Environment) -> Result<Facts, Error> {
+    let nucleus = |key: &'static str| {
+        let ipc = ipc.clone();
+        async move {
+            match ipc.get_configuration(Some(NUCLEUS), &[key]).await {
+                Ok(v) => Ok(v
+                    .get(key)
+                    .and_then(|x| x.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)),
+                Err(e) if e.is_connection_error() => Err(e),
+                Err(e) => {
+                    tracing::debug!(key, error = %chain(&e), "nucleus configuration key not available");
+                    Ok(None)
+                }
+            }
+        }
+    };
+    let system = match &env.kernel_root {
+        Some(root) => {
+            let path = root.join("config").join("effectiveConfig.yaml");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => discovery::parse_effective_config(&text).unwrap_or_else(|e| {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot parse the nucleus configuration");
+                    discovery::SystemConfig::default()
+                }),
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "nucleus configuration not readable");
+                    discovery::SystemConfig::default()
+                }
+            }
+        }
+        None => discovery::SystemConfig::default(),
+    };
+    Ok(Facts {
+        nucleus_cred_endpoint: nucleus("iotCredEndpoint").await?,
+        nucleus_region: nucleus("awsRegion").await?,
+        nucleus_role_alias: nucleus("iotRoleAlias").await?,
+        env_thing_name: env.thing_name.clone(),
+        env_region: env.region.clone(),
+        env_root_ca: env.root_ca.clone(),
+        system,
+        kernel_root: env.kernel_root.clone(),
+    })
+}
+
+/// Connects and reads, resolves and validates the configuration once (for `check`).
+///
+/// # Errors
+/// A message naming what failed.
+pub async fn load_config(env: &Environment) -> Result<(Config, Vec<String>), String> {
+    let ipc = IpcClient::connect(&env.socket, &env.token)
+        .await
+        .map_err(|e| chain(&e))?;
+    let own = ipc
+        .get_configuration(None, &[])
+        .await
+        .map_err(|e| chain(&e))?;
+    let facts = gather_facts(&ipc, env).await.map_err(|e| chain(&e))?;
+    let resolved = discovery::resolve(&own, &facts);
+    let parsed = Config::from_value(&resolved.document, &env.working_dir, &env.working_dir)
+        .map_err(|e| {
+            let missing: Vec<String> = resolved
+                .sources
+                .iter()
+                .filter(|(_, s)| s.starts_with("not found"))
+                .map(|(k, _)| (*k).to_owned())
+                .collect();
+            if missing.is_empty() {
+                chain(&e)
+            } else {
+                format!("{} (not discoverable: {})", chain(&e), missing.join(", "))
+            }
+        })?;
+    Ok((parsed.config, parsed.warnings))
+}
+
 #[allow(clippy::disallowed_methods)] // tokio timers need tokio instants; durations come from config
 fn now() -> tokio::time::Instant {
     tokio::time::Instant::now()
@@ -308,57 +386,11 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn gather_facts(&self) -> Result<Facts, Error> {
-        let nucleus = |key: &'static str| {
-            let ipc = self.ipc.clone();
-            async move {
-                match ipc.get_configuration(Some(NUCLEUS), &[key]).await {
-                    Ok(v) => Ok(v
-                        .get(key)
-                        .and_then(|x| x.as_str())
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)),
-                    Err(e) if e.is_connection_error() => Err(e),
-                    Err(e) => {
-                        tracing::debug!(key, error = %chain(&e), "nucleus configuration key not available");
-                        Ok(None)
-                    }
-                }
-            }
-        };
-        let system = match &self.env.kernel_root {
-            Some(root) => {
-                let path = root.join("config").join("effectiveConfig.yaml");
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => discovery::parse_effective_config(&text).unwrap_or_else(|e| {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot parse the nucleus configuration");
-                        discovery::SystemConfig::default()
-                    }),
-                    Err(e) => {
-                        tracing::debug!(path = %path.display(), error = %e, "nucleus configuration not readable");
-                        discovery::SystemConfig::default()
-                    }
-                }
-            }
-            None => discovery::SystemConfig::default(),
-        };
-        Ok(Facts {
-            nucleus_cred_endpoint: nucleus("iotCredEndpoint").await?,
-            nucleus_region: nucleus("awsRegion").await?,
-            nucleus_role_alias: nucleus("iotRoleAlias").await?,
-            env_thing_name: self.env.thing_name.clone(),
-            env_region: self.env.region.clone(),
-            env_root_ca: self.env.root_ca.clone(),
-            system,
-            kernel_root: self.env.kernel_root.clone(),
-        })
-    }
-
     /// Re-reads, validates and applies the configuration; an invalid one is reported and the
     /// last good one kept.
     async fn reload(&mut self) -> Result<(), Error> {
         let own = self.ipc.get_configuration(None, &[]).await?;
-        let facts = self.gather_facts().await?;
+        let facts = gather_facts(&self.ipc, &self.env).await?;
         let resolved = discovery::resolve(&own, &facts);
         let wd = self.env.working_dir.clone();
         let parsed = match Config::from_value(&resolved.document, &wd, &wd) {

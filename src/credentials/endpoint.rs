@@ -131,6 +131,12 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     })
 }
 
+/// The first certificate of `path` (the device certificate), DER.
+pub(crate) fn first_certificate(path: &Path) -> Result<CertificateDer<'static>, Error> {
+    let mut certs = certificates(path, Material::Certificate)?;
+    Ok(certs.swap_remove(0))
+}
+
 /// Builds the rustls client configuration: trust `rootCaPath` only, present the device
 /// certificate, and check that the key belongs to the certificate.
 pub(crate) fn tls_config(s: &ProviderSettings) -> Result<rustls::ClientConfig, Error> {

@@ -16,6 +16,7 @@
 
 mod endpoint;
 mod response;
+pub mod x509;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -321,6 +322,46 @@ impl Error {
             _ => CLIENT_ERROR_TTL,
         }
     }
+}
+
+/// What the local credential files say, once checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The certificate's notBefore.
+    pub not_before: SystemTime,
+    /// The certificate's notAfter.
+    pub not_after: SystemTime,
+}
+
+/// Checks the certificate, key and CA files without any network traffic: readable, PEM, the
+/// key belongs to the certificate; returns the certificate's validity period.
+///
+/// # Errors
+/// The same [`Error`]s a credentials request would report for these files.
+pub fn inspect_files(s: &ProviderSettings) -> Result<CertificateInfo, Error> {
+    endpoint::tls_config(s)?;
+    let der = endpoint::first_certificate(&s.certificate_file_path)?;
+    let (not_before, not_after) = x509::validity(&der).map_err(|detail| Error::BadPem {
+        what: "device certificate",
+        key: "certificateFilePath",
+        path: s.certificate_file_path.clone(),
+        detail,
+    })?;
+    Ok(CertificateInfo {
+        not_before,
+        not_after,
+    })
+}
+
+/// Whether an error is about TLS (trust, certificate rejection, handshake).
+#[must_use]
+pub fn is_tls_problem(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ServerNotTrusted { .. }
+            | Error::CertificateRejected { .. }
+            | Error::Handshake { .. }
+    )
 }
 
 /// Formats a time as RFC 3339 for messages.
