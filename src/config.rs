@@ -59,6 +59,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "deleteExtraneous",
     "maxDeletePercent",
     "syncJitterPercent",
+    "mqtt",
 ];
 
 /// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
@@ -263,6 +264,19 @@ pub struct Config {
     pub max_delete_percent: u8,
     /// `syncJitterPercent`: each interval is randomised by ± this share.
     pub sync_jitter_percent: u8,
+    /// `mqtt`: publish status over MQTT directly (outside Greengrass).
+    pub mqtt: Option<MqttSettings>,
+}
+
+/// `mqtt`: status over MQTT with the device certificate, for devices without Greengrass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttSettings {
+    /// `mqtt.endpoint`: the AWS IoT data endpoint or any broker (port 8883 unless given).
+    pub endpoint: Endpoint,
+    /// `mqtt.caPath`: CAs for the broker (default: `rootCaPath`).
+    pub ca_path: Option<PathBuf>,
+    /// `mqtt.clientId`: default the thing name (AWS IoT policies usually require it).
+    pub client_id: String,
 }
 
 /// Where the list of objects comes from.
@@ -396,6 +410,7 @@ impl Config {
         let max_delete_percent = r.number("maxDeletePercent", DEFAULT_MAX_DELETE_PERCENT, 0, 100);
         let sync_jitter_percent = r.number("syncJitterPercent", DEFAULT_SYNC_JITTER_PERCENT, 0, 50);
         let source = r.source(keys, manifest_key, prefix.as_deref());
+        let mqtt = r.mqtt(thing_name.as_deref());
         let refresh_ahead = r.number(
             "credentialsRefreshAheadSeconds",
             DEFAULT_REFRESH_AHEAD_SECS,
@@ -434,6 +449,7 @@ impl Config {
                 delete_extraneous: delete_extraneous?,
                 max_delete_percent: u8::try_from(max_delete_percent?).ok()?,
                 sync_jitter_percent: u8::try_from(sync_jitter_percent?).ok()?,
+                mqtt: mqtt?,
             })
         })();
         config
@@ -509,6 +525,62 @@ impl Reader<'_> {
             return self.fail(key, "a path cannot contain a NUL character");
         }
         Some(self.base_dir.join(s))
+    }
+
+    /// The `mqtt` map; absent, `null` or without `endpoint` = disabled.
+    fn mqtt(&mut self, thing_name: Option<&str>) -> Option<Option<MqttSettings>> {
+        let map = match self.map.get("mqtt") {
+            None | Some(Value::Null) => return Some(None),
+            Some(Value::String(s)) if s.trim().is_empty() => return Some(None),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => {
+                return self.fail(
+                    "mqtt",
+                    format!("expected a map such as {{\"endpoint\": \"abc-ats.iot.us-east-1.amazonaws.com\"}}, got {}", kind(other)),
+                )
+            }
+        };
+        let text = |k: &str| {
+            map.get(k)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        for k in map
+            .keys()
+            .filter(|k| !["endpoint", "caPath", "clientId"].contains(&k.as_str()))
+        {
+            self.fail::<()>(
+                "mqtt",
+                format!("unknown key '{k}' (expected endpoint, caPath, clientId)"),
+            );
+        }
+        let Some(endpoint) = text("endpoint") else {
+            return Some(None);
+        };
+        let endpoint = match Endpoint::parse(&endpoint) {
+            Ok(mut e) => {
+                // A bare host means the MQTT-over-TLS port, not HTTPS's.
+                if endpoint
+                    .trim_end_matches('/')
+                    .rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                {
+                    e.port = 8883;
+                }
+                e
+            }
+            Err(p) => return self.fail("mqtt.endpoint", p),
+        };
+        let Some(client_id) = text("clientId").or_else(|| thing_name.map(str::to_owned)) else {
+            return self.fail("mqtt.clientId", "required when thingName is not set");
+        };
+        Some(Some(MqttSettings {
+            endpoint,
+            ca_path: text("caPath").map(|p| self.base_dir.join(p)),
+            client_id,
+        }))
     }
 
     /// Substitutes `{thingName}` in a topic (the recipe's default uses it; nucleus lite cannot
@@ -927,6 +999,33 @@ mod tests {
             ok(&with("accessControl", json!({}))).warnings.is_empty(),
             "accessControl is the nucleus's"
         );
+    }
+
+    #[test]
+    fn mqtt_settings() {
+        assert_eq!(ok(&base()).config.mqtt, None);
+        let c = ok(&with(
+            "mqtt",
+            json!({"endpoint": "abc-ats.iot.eu-west-1.amazonaws.com"}),
+        ))
+        .config;
+        let m = c.mqtt.unwrap();
+        assert_eq!((m.endpoint.port, m.client_id.as_str()), (8883, "thing-1"));
+        let c = ok(&with(
+            "mqtt",
+            json!({"endpoint": "localhost:1883", "caPath": "ca.pem", "clientId": "c1"}),
+        ))
+        .config;
+        let m = c.mqtt.unwrap();
+        assert_eq!(
+            (m.endpoint.port, m.ca_path.unwrap()),
+            (1883, PathBuf::from("/etc/gg/ca.pem"))
+        );
+        let e = err(&with("mqtt", json!({"endpoint": "h", "qos": 2})));
+        assert!(e[0].problem.contains("unknown key 'qos'"), "{}", e[0]);
+        let mut v = with("mqtt", json!({"endpoint": "h"}));
+        v.as_object_mut().unwrap().remove("thingName");
+        assert_eq!(err(&v)[0].key, "mqtt.clientId");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`ipc`]: Greengrass IPC client (frame/codec/rpc/model/client).
 //! - [`discovery`]: Greengrass mode fills configuration gaps from the nucleus (pure).
 //! - [`status`]: the status document (pure).
+//! - [`mqtt`]: status over MQTT for devices without Greengrass.
 //! - [`check`]: the preflight doctor (`gg-s3-sync check`).
 //! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
 //! - [`clock`], [`backoff`]: injected time and retry policy.
@@ -23,5 +24,6 @@ pub mod config;
 pub mod credentials;
 pub mod discovery;
 pub mod ipc;
+pub mod mqtt;
 pub mod status;
 pub mod sync;

@@ -20,6 +20,8 @@ pub enum State {
     Partial,
     /// A pass could not run or finish, or the configuration is invalid.
     Error,
+    /// The component stopped, or lost its connection (MQTT last will).
+    Offline,
 }
 
 /// An error in a status document.
@@ -132,6 +134,15 @@ impl StatusDocument {
             last_pass: Some(summary),
             error,
             ..Self::new(cx, timestamp, state)
+        }
+    }
+
+    /// The component is going (or has gone) away: the MQTT last will and the clean-stop notice.
+    #[must_use]
+    pub fn offline(cx: &Context, timestamp: String, last_pass: Option<Summary>) -> Self {
+        Self {
+            last_pass,
+            ..Self::new(cx, timestamp, State::Offline)
         }
     }
 

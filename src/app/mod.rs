@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::credentials::rfc3339;
 use crate::credentials::{IotCredentialsProvider, ProviderSettings};
+use crate::mqtt::Mqtt;
+use crate::status::{self, StatusDocument};
 use crate::sync::{self, chain, Summary, SyncSettings, Syncer};
 
 /// Builds the engine for `config`. Nothing touches the network yet.
@@ -66,39 +69,98 @@ pub fn next_interval(config: &Config) -> Duration {
     )
 }
 
-/// A pass now and then every `syncIntervalSeconds` until `cancel` fires. A failed pass is
-/// logged and retried at the next interval; the process keeps running.
+/// File-mode failures at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The sync engine cannot be built.
+    #[error("sync engine")]
+    Sync(#[from] sync::Error),
+    /// MQTT cannot be set up.
+    #[error("MQTT status")]
+    Mqtt(#[from] crate::mqtt::Error),
+}
+
+/// A pass now and then every `syncIntervalSeconds` (± jitter) until `cancel` fires. A failed
+/// pass is logged and retried at the next interval; the process keeps running. With `mqtt`
+/// configured, status documents are published after every pass and error, and a message on
+/// `triggerTopic` starts a pass at once.
 ///
 /// # Errors
-/// Only if the engine cannot be built.
+/// Only if the engine or the MQTT connection cannot be set up.
 pub async fn run(
     config: &Config,
     clock: SharedClock,
     cancel: &CancellationToken,
-) -> Result<(), sync::Error> {
-    let mut syncer = engine(config, clock)?;
-    loop {
-        match syncer.run_pass(cancel).await {
-            Ok(summary) => log_summary(&summary),
-            Err(sync::Error::Cancelled) => break,
-            Err(e) => {
-                tracing::error!(code = e.code(), error = %chain(&e), "sync pass failed; retrying at the next interval")
+) -> Result<(), Error> {
+    let mut syncer = engine(config, clock.clone())?;
+    let context = |syncer: &Syncer| {
+        let provider = syncer.credentials().clone();
+        let config = config.clone();
+        async move {
+            status::Context {
+                thing_name: config.thing_name.clone(),
+                bucket: Some(config.bucket.clone()),
+                prefix: Some(config.prefix.clone()),
+                local_dir: Some(config.local_dir.display().to_string()),
+                credentials_expiration: provider.expiration().await.map(rfc3339),
             }
         }
-        if !sleep_or_cancel(next_interval(config), cancel).await {
-            break;
+    };
+    let offline = |cx: &status::Context, last: Option<Summary>| {
+        serde_json::to_vec(&StatusDocument::offline(cx, rfc3339(clock.now()), last))
+            .unwrap_or_default()
+    };
+    let (mqtt, mut triggers) = match &config.mqtt {
+        Some(m) => {
+            let cx = context(&syncer).await;
+            let (mqtt, rx) = Mqtt::start(
+                m,
+                &ProviderSettings::from(config),
+                config.status_topic.clone(),
+                config.trigger_topic.clone(),
+                offline(&cx, None),
+            )?;
+            (Some(mqtt), Some(rx))
         }
+        None => (None, None),
+    };
+    let mut last_pass = None;
+    loop {
+        let doc = match syncer.run_pass(cancel).await {
+            Ok(summary) => {
+                log_summary(&summary);
+                last_pass = Some(summary.clone());
+                StatusDocument::after_pass(&context(&syncer).await, rfc3339(clock.now()), summary)
+            }
+            Err(sync::Error::Cancelled) => break,
+            Err(e) => {
+                let message = chain(&e);
+                tracing::error!(code = e.code(), error = %message, "sync pass failed; retrying at the next interval");
+                StatusDocument::error(
+                    &context(&syncer).await,
+                    rfc3339(clock.now()),
+                    e.code(),
+                    message,
+                    last_pass.clone(),
+                )
+            }
+        };
+        if let Some(m) = &mqtt {
+            m.publish(serde_json::to_vec(&doc).unwrap_or_default());
+        }
+        let wait = next_interval(config);
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+            Some(()) = async { match triggers.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {}
+        }
+    }
+    if let Some(m) = mqtt {
+        let cx = context(&syncer).await;
+        m.stop(offline(&cx, last_pass)).await;
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Sleeps; returns false if cancelled first.
-async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        () = cancel.cancelled() => false,
-        () = tokio::time::sleep(d) => true,
-    }
 }
 
 fn log_summary(s: &Summary) {

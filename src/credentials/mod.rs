@@ -353,6 +353,20 @@ pub fn inspect_files(s: &ProviderSettings) -> Result<CertificateInfo, Error> {
     })
 }
 
+/// A rustls client configuration presenting the device certificate and trusting only the CAs
+/// in `root_ca_path` (used for MQTT, with the same file checks as the credentials exchange).
+///
+/// # Errors
+/// The [`Error`] naming the unreadable or mismatched file.
+pub fn client_tls_config(
+    s: &ProviderSettings,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, Error> {
+    let mut config = endpoint::tls_config(s)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// Whether an error is about TLS (trust, certificate rejection, handshake).
 #[must_use]
 pub fn is_tls_problem(e: &Error) -> bool {

@@ -1,0 +1,308 @@
+//! Status over MQTT outside Greengrass, against Eclipse Mosquitto with a client-certificate
+//! TLS listener, observed with mosquitto_sub (a client nobody here wrote).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{bin, python, Env};
+use devstack::Device;
+use serde_json::{json, Value};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto_bin() -> String {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .map_or_else(|| "mosquitto".to_owned(), |p| (*p).to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Mosquitto requiring client certificates from the devstack CA.
+fn broker(env: &Env) -> (Proc, u16) {
+    let pki = env.stack.dir.join("pki");
+    let port = free_port();
+    let conf = env.tmp.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings true\npersistence false\nuser root\nlog_dest stderr\n\
+             listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+             require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n",
+            ca = env.stack.ca.files.cert_path.display(),
+            cert = pki.join("server.pem").display(),
+            key = pki.join("server.key").display(),
+        ),
+    )
+    .unwrap();
+    let child = Proc(
+        Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stderr(std::fs::File::create(env.tmp.path().join("mosquitto.log")).unwrap())
+            .spawn()
+            .expect("mosquitto installed (scripts/test installs it)"),
+    );
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "mosquitto did not start: {}",
+        std::fs::read_to_string(env.tmp.path().join("mosquitto.log")).unwrap_or_default()
+    );
+}
+
+/// Messages received: `(topic, JSON payload)`.
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+struct Client {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    port: u16,
+}
+
+impl Client {
+    fn args(&self) -> Vec<String> {
+        ["-h", "localhost", "-p", &self.port.to_string(), "--cafile"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain([
+                self.ca.display().to_string(),
+                "--cert".into(),
+                self.cert.display().to_string(),
+                "--key".into(),
+                self.key.display().to_string(),
+            ])
+            .collect()
+    }
+
+    /// Collects `topic payload` lines from a subscription.
+    fn subscribe(&self, filter: &str) -> (Proc, Received) {
+        let mut child = Command::new("mosquitto_sub")
+            .args(self.args())
+            .args(["-t", filter, "-v", "-q", "1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub installed");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some((topic, payload)) = line.split_once(' ') {
+                    if let Ok(v) = serde_json::from_str::<Value>(payload) {
+                        sink.lock().unwrap().push((topic.to_owned(), v));
+                    }
+                }
+            }
+        });
+        (Proc(child), lines)
+    }
+
+    fn publish(&self, topic: &str, message: &str) {
+        let ok = Command::new("mosquitto_pub")
+            .args(self.args())
+            .args(["-t", topic, "-m", message, "-q", "1"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+async fn wait_for(
+    messages: &Arc<Mutex<Vec<(String, Value)>>>,
+    what: &str,
+    pred: impl Fn(&str, &Value) -> bool,
+) -> Value {
+    for _ in 0..1000 {
+        if let Some((_, v)) = messages
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(t, v)| pred(t, v))
+        {
+            return v.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "no MQTT message with {what}; got {:?}",
+        messages.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_trigger_and_last_will_over_mqtt() {
+    let env = Env::default().await;
+    env.put("m/a.txt", "a").await;
+    let (_broker, port) = broker(&env);
+    let watcher = env
+        .stack
+        .add_device(
+            "watcher",
+            Device {
+                thing: Some("watcher".into()),
+                allowed_aliases: vec![],
+                active: true,
+            },
+        )
+        .unwrap();
+    let client = Client {
+        cert: watcher.cert_path,
+        key: watcher.key_path,
+        ca: env.stack.ca.files.cert_path.clone(),
+        port,
+    };
+    let (_sub, messages) = client.subscribe("gg-s3-sync/#");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the subscription is in place
+
+    let cfg = env.write_config(&env.config("m/", |m| {
+        m.insert(
+            "mqtt".into(),
+            json!({"endpoint": format!("localhost:{port}")}),
+        );
+        m.insert("syncIntervalSeconds".into(), "3600".into());
+    }));
+    let spawn = || {
+        Command::new(bin())
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(env.tmp.path().join("component.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut component = Proc(spawn());
+    let topic = format!("gg-s3-sync/{}/status", env.stack.options.thing_name);
+    let s = wait_for(&messages, "a SYNCED status", |t, v| {
+        t == topic && v["state"] == "SYNCED"
+    })
+    .await;
+    assert_eq!(s["lastPass"]["downloaded"], 1, "{s}");
+
+    // A message on the trigger topic starts a pass at once (the interval is an hour).
+    env.put("m/b.txt", "b").await;
+    client.publish("gg-s3-sync/sync-now", "{}");
+    wait_for(&messages, "the triggered pass", |_, v| {
+        v["lastPass"]["downloaded"] == 1 && v["lastPass"]["unchanged"] == 1
+    })
+    .await;
+
+    // kill -9: the broker publishes the last will.
+    let _ = component.0.kill();
+    let _ = component.0.wait();
+    let will = wait_for(&messages, "the OFFLINE last will", |t, v| {
+        t == topic && v["state"] == "OFFLINE"
+    })
+    .await;
+    assert_eq!(will["thingName"], env.stack.options.thing_name);
+
+    // A clean stop publishes OFFLINE itself (a clean disconnect sends no last will).
+    let before = messages
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["state"] == "OFFLINE")
+        .count();
+    component = Proc(spawn());
+    wait_for(&messages, "a second SYNCED status", |_, v| {
+        v["state"] == "SYNCED" && v["lastPass"]["unchanged"] == 2
+    })
+    .await;
+    assert!(Command::new("kill")
+        .args(["-TERM", &component.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = component.0.wait().unwrap();
+    assert!(status.success());
+    for _ in 0..200 {
+        if messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["state"] == "OFFLINE")
+            .count()
+            > before
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let offline = messages
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["state"] == "OFFLINE")
+        .count();
+    assert_eq!(offline, before + 1, "one OFFLINE from the clean stop");
+
+    // Every document validates against the schema.
+    let docs: Vec<Value> = messages
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t == topic)
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert!(docs.len() >= 5, "{docs:?}");
+    let file = env.tmp.path().join("docs.json");
+    std::fs::write(&file, serde_json::to_vec(&docs).unwrap()).unwrap();
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/validate_status.py"
+        ))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/status.schema.json"
+        ))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_broker_does_not_stop_syncing() {
+    let env = Env::default().await;
+    env.put("m/a.txt", "a").await;
+    let port = free_port(); // nothing listens
+    let s = env
+        .once_with("m/", |m| {
+            m.insert(
+                "mqtt".into(),
+                json!({"endpoint": format!("localhost:{port}")}),
+            );
+        })
+        .await
+        .assert_ok();
+    assert_eq!(s["downloaded"], 1);
+}
