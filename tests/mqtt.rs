@@ -39,8 +39,11 @@ fn free_port() -> u16 {
 
 /// Mosquitto requiring client certificates from the devstack CA.
 fn broker(env: &Env) -> (Proc, u16) {
+    broker_on(env, free_port())
+}
+
+fn broker_on(env: &Env, port: u16) -> (Proc, u16) {
     let pki = env.stack.dir.join("pki");
-    let port = free_port();
     let conf = env.tmp.path().join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -305,4 +308,76 @@ async fn an_unreachable_broker_does_not_stop_syncing() {
         .await
         .assert_ok();
     assert_eq!(s["downloaded"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconnects_and_resubscribes_after_the_broker_restarts() {
+    let env = Env::default().await;
+    env.put("r/a.txt", "a").await;
+    let (broker1, port) = broker(&env);
+    let watcher = env
+        .stack
+        .add_device(
+            "watcher",
+            Device {
+                thing: Some("watcher".into()),
+                allowed_aliases: vec![],
+                active: true,
+            },
+        )
+        .unwrap();
+    let client = Client {
+        cert: watcher.cert_path,
+        key: watcher.key_path,
+        ca: env.stack.ca.files.cert_path.clone(),
+        port,
+    };
+    let cfg = env.write_config(&env.config("r/", |m| {
+        m.insert(
+            "mqtt".into(),
+            json!({"endpoint": format!("localhost:{port}")}),
+        );
+        m.insert("syncIntervalSeconds".into(), "3600".into());
+    }));
+    let _component = Proc(
+        Command::new(bin())
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(env.tmp.path().join("component.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(env.tmp.path().join("component.log")).unwrap_or_default();
+    for _ in 0..500 {
+        if log().contains("MQTT connected") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(log().contains("MQTT connected"), "{}", log());
+
+    drop(broker1); // the broker goes away...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_broker2, _) = broker_on(&env, port); // ...and comes back
+    for _ in 0..1500 {
+        if log().matches("MQTT connected").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        log().matches("MQTT connected").count() >= 2,
+        "reconnected:\n{}",
+        log()
+    );
+
+    // The trigger subscription was renewed on the new connection.
+    let (_sub, messages) = client.subscribe("gg-s3-sync/+/status");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.put("r/b.txt", "b").await;
+    client.publish("gg-s3-sync/sync-now", "{}");
+    wait_for(&messages, "a pass triggered after the reconnect", |_, v| {
+        v["lastPass"]["downloaded"] == 1 && v["lastPass"]["unchanged"] == 1
+    })
+    .await;
 }
