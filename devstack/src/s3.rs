@@ -70,6 +70,8 @@ struct VirtualObject {
     data: Bytes,
     etag: String,
     modified: SystemTime,
+    /// Base64 CRC32, sent as `x-amz-checksum-crc32` when the client asks for checksums.
+    crc32: Option<String>,
 }
 
 /// A failure the S3 server injects into GETs.
@@ -326,34 +328,38 @@ impl S3 for DevS3 {
         }
         let in_flight = InFlight::new(&self.shared);
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-        if let Some(v) = self.virtual_object(&bucket, &key) {
+        let checksums = req.input.checksum_mode.is_some();
+        let mut resp = if let Some(v) = self.virtual_object(&bucket, &key) {
             check_conditions(
                 &v.etag,
                 req.input.if_match.as_ref(),
                 req.input.if_none_match.as_ref(),
             )?;
             let len = v.data.len();
-            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(v.data) });
-            return Ok(S3Response::new(GetObjectOutput {
+            let data = v.data.clone();
+            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(data) });
+            S3Response::new(GetObjectOutput {
                 body: Some(StreamingBlob::wrap(stream)),
                 content_length: i64::try_from(len).ok(),
                 e_tag: Some(ETag::Strong(v.etag)),
                 last_modified: Some(Timestamp::from(v.modified)),
+                checksum_crc32: v.crc32.filter(|_| checksums),
                 ..Default::default()
-            }));
-        }
-        let creds = req.credentials.clone();
-        if req.input.if_match.is_some() || req.input.if_none_match.is_some() {
-            let current = self
-                .hide_missing(creds.as_ref(), &bucket, self.etag_of(&bucket, &key).await)?
-                .unwrap_or_default();
-            check_conditions(
-                &current,
-                req.input.if_match.as_ref(),
-                req.input.if_none_match.as_ref(),
-            )?;
-        }
-        let mut resp = self.hide_missing(creds.as_ref(), &bucket, self.fs.get_object(req).await)?;
+            })
+        } else {
+            let creds = req.credentials.clone();
+            if req.input.if_match.is_some() || req.input.if_none_match.is_some() {
+                let current = self
+                    .hide_missing(creds.as_ref(), &bucket, self.etag_of(&bucket, &key).await)?
+                    .unwrap_or_default();
+                check_conditions(
+                    &current,
+                    req.input.if_match.as_ref(),
+                    req.input.if_none_match.as_ref(),
+                )?;
+            }
+            self.hide_missing(creds.as_ref(), &bucket, self.fs.get_object(req).await)?
+        };
         if let Some(body) = resp.output.body.take() {
             let mut sent = 0usize;
             let body = futures_util::StreamExt::then(body, move |chunk| {
@@ -648,6 +654,30 @@ impl S3Server {
                 data,
                 etag,
                 modified: crate::account::now(),
+                crc32: None,
+            },
+        );
+    }
+
+    /// Like [`S3Server::put_virtual_object`], with a multipart-style ETag (so no MD5 check is
+    /// possible) and a CRC32 checksum served to clients that ask for checksums.
+    pub fn put_virtual_multipart_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+        parts: u32,
+    ) {
+        let data: Bytes = data.into();
+        let etag = format!("{}-{parts}", hex::encode(Md5::digest(&data)));
+        let crc32 = aws_smithy_types::base64::encode(crc32fast::hash(&data).to_be_bytes());
+        self.s3.shared().virtual_objects.insert(
+            (bucket.to_owned(), key.to_owned()),
+            VirtualObject {
+                data,
+                etag,
+                modified: crate::account::now(),
+                crc32: Some(crc32),
             },
         );
     }

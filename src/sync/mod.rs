@@ -157,8 +157,8 @@ pub enum Error {
         /// Bytes received.
         received: u64,
     },
-    /// MD5 does not match the ETag.
-    #[error("object {key} is corrupt: MD5 {actual} does not match ETag {expected}")]
+    /// The body does not match the ETag's MD5 or the object's checksum.
+    #[error("object {key} is corrupt: got {actual}, expected {expected}")]
     Corrupt {
         /// Key.
         key: String,
@@ -1040,11 +1040,10 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
     let mut tmp = local::TempFile::create(parent).await?;
     let mut received: u64 = 0;
     loop {
-        let chunk = body.try_next().await.map_err(|e| Error::Network {
-            op: "GetObject",
-            target: remote.key.clone(),
-            detail: chain(&e),
-        })?;
+        let chunk = body
+            .try_next()
+            .await
+            .map_err(|e| body_error(&remote.key, &e))?;
         let Some(chunk) = chunk else { break };
         received += chunk.len() as u64;
         if received > remote.size {
@@ -1067,8 +1066,8 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
         if actual != expected {
             return Err(Error::Corrupt {
                 key: remote.key.clone(),
-                expected,
-                actual,
+                expected: format!("MD5 {expected} (ETag)"),
+                actual: format!("MD5 {actual}"),
             });
         }
     }
@@ -1087,6 +1086,33 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
         },
         bytes: received,
     })
+}
+
+/// A failure while reading a body: the SDK's checksum verification, or the network.
+fn body_error(key: &str, e: &(dyn std::error::Error + 'static)) -> Error {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(aws_smithy_checksums::body::validate::Error::ChecksumMismatch {
+            expected,
+            actual,
+        }) = err.downcast_ref::<aws_smithy_checksums::body::validate::Error>()
+        {
+            return Error::Corrupt {
+                key: key.to_owned(),
+                expected: format!(
+                    "x-amz-checksum {}",
+                    aws_smithy_types::base64::encode(expected)
+                ),
+                actual: aws_smithy_types::base64::encode(actual),
+            };
+        }
+        cur = err.source();
+    }
+    Error::Network {
+        op: "GetObject",
+        target: key.to_owned(),
+        detail: chain(e),
+    }
 }
 
 /// Lists a page; if S3 says the credentials expired (they were revoked or the clock jumped),

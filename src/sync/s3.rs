@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::config::{BehaviorVersion, IdentityCache, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use aws_sdk_s3::types::ChecksumMode;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
@@ -122,7 +123,13 @@ impl Source {
     /// # Errors
     /// [`Error::ChangedDuringSync`] on 412, [`Error::Vanished`] on 404, and the other mappings.
     pub async fn get(&self, key: &str, if_match: &str) -> Result<GetObjectOutput, Error> {
-        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        // Checksum mode: S3 returns x-amz-checksum-* and the SDK verifies the body against it.
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled);
         if !if_match.is_empty() && !if_match.starts_with("lm:") {
             req = req.if_match(format!("\"{if_match}\""));
         }
@@ -140,7 +147,12 @@ impl Source {
         key: &str,
         if_none_match: Option<&str>,
     ) -> Result<Option<GetObjectOutput>, Error> {
-        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled);
         if let Some(etag) = if_none_match {
             req = req.if_none_match(format!("\"{etag}\""));
         }
