@@ -144,3 +144,87 @@ async fn checksums_catch_corruption_no_md5_can() {
     assert_eq!(t.keys().collect::<Vec<_>>(), ["ok.bin"]);
     assert_eq!(t["ok.bin"], noise(100_000, 1));
 }
+
+/// A size-limited tmpfs, unmounted on drop (the tests run as root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(
+            ok.success(),
+            "mounting a tmpfs needs root (run the tests as root, see README)"
+        );
+        Self(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_reported_with_numbers_and_loses_nothing() {
+    let env = Env::default().await;
+    let disk = SmallDisk::mount(env.tmp.path().join("small"), "1m");
+    env.put("d/a.bin", noise(200_000, 1)).await;
+    env.put("d/huge.bin", noise(2 << 20, 2)).await;
+    let edit = |m: &mut serde_json::Map<String, serde_json::Value>| {
+        m.insert("localDir".into(), disk.0.display().to_string().into());
+    };
+    // The object that cannot fit is refused before a byte is written; the other one syncs.
+    let r = env.once_with("d/", edit).await;
+    assert_eq!(r.code(), Some(1));
+    let s = r.summary();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["failures"][0]["code"], "DiskFull");
+    let msg = s["failures"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("d/huge.bin needs 2162688 bytes") && msg.contains("free"),
+        "{msg}"
+    );
+
+    // Two downloads that each fit alone but not together: one runs out of space mid-write.
+    env.stack
+        .s3
+        .delete_object(env.bucket(), "d/huge.bin")
+        .unwrap();
+    env.put("d/b.bin", noise(450_000, 3)).await;
+    env.put("d/c.bin", noise(450_000, 4)).await;
+    env.stack.s3.set_chunk_delay(Duration::from_millis(1));
+    let r = env
+        .once_with("d/", |m| {
+            edit(m);
+            m.insert("maxConcurrency".into(), "2".into());
+        })
+        .await;
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let s = r.summary();
+    assert_eq!(s["failures"][0]["code"], "DiskFull", "{s}");
+    let t = tree(&disk.0);
+    assert_eq!(
+        t["a.bin"],
+        noise(200_000, 1),
+        "what was synced before is kept"
+    );
+    assert!(
+        !t.keys().any(|k| k.contains(".gg-s3-sync.")),
+        "no temporary file left: {:?}",
+        t.keys()
+    );
+    assert!(
+        t.values().all(|v| v.len() == 200_000 || v.len() == 450_000),
+        "no partial file under a final name"
+    );
+}

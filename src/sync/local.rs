@@ -115,6 +115,19 @@ pub fn prepare_destination(root: &Path, rel: &RelPath) -> Result<PathBuf, Error>
     Ok(path)
 }
 
+/// Bytes available to this process on the file system holding `dir`.
+#[must_use]
+pub fn free_space(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Whether an error is the disk being full.
+#[must_use]
+pub fn is_disk_full(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28))
+}
+
 /// What is at `path` now, if it is a regular file (symlinks are not followed).
 #[must_use]
 pub fn observe(path: &Path) -> Option<LocalFile> {

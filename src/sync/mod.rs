@@ -41,6 +41,8 @@ const OBJECT_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(200),
     cap: Duration::from_secs(5),
 };
+/// Space left free on the disk beyond each object, so a sync never fills it to the last byte.
+const DISK_HEADROOM: u64 = 64 * 1024;
 /// At most this many failures and skipped keys are kept in a summary (all are logged).
 const MAX_LISTED_PROBLEMS: usize = 20;
 
@@ -177,6 +179,23 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// Not enough space for an object.
+    #[error(
+        "disk full: {key} needs {needed} bytes in {}, {} free; free some space or move localDir \
+         (files already synced are kept)",
+        dir.display(),
+        free.map_or_else(|| "less than that".to_owned(), |f| format!("{f} bytes"))
+    )]
+    DiskFull {
+        /// The object.
+        key: String,
+        /// Its size plus headroom.
+        needed: u64,
+        /// The folder.
+        dir: PathBuf,
+        /// Free bytes, if known.
+        free: Option<u64>,
+    },
     /// Local file system.
     #[error("local file system")]
     Local(#[from] local::Error),
@@ -218,6 +237,7 @@ impl Error {
             Self::Truncated { .. } => "Truncated",
             Self::Corrupt { .. } => "ChecksumMismatch",
             Self::Manifest { .. } => "ManifestInvalid",
+            Self::DiskFull { .. } => "DiskFull",
             Self::Local(_) => "LocalFileError",
             Self::State(_) => "StateError",
             Self::Cancelled => "Cancelled",
@@ -1026,6 +1046,29 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
     };
     let dest = local::prepare_destination(root, rel)?;
     let parent = dest.parent().unwrap_or(root);
+    let needed = remote.size.saturating_add(DISK_HEADROOM);
+    if let Some(free) = local::free_space(parent) {
+        if free < needed {
+            return Err(Error::DiskFull {
+                key: remote.key.clone(),
+                needed,
+                dir: parent.to_owned(),
+                free: Some(free),
+            });
+        }
+    }
+    let disk_full = |e: local::Error| {
+        if local::is_disk_full(&e) {
+            Error::DiskFull {
+                key: remote.key.clone(),
+                needed,
+                dir: parent.to_owned(),
+                free: local::free_space(parent),
+            }
+        } else {
+            Error::Local(e)
+        }
+    };
     let kms_or_customer_key = out.sse_customer_algorithm().is_some()
         || out
             .server_side_encryption()
@@ -1037,7 +1080,7 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
         .map(str::to_ascii_lowercase);
     let mut hasher = expected_md5.as_ref().map(|_| Md5::new());
     let mut body = out.body;
-    let mut tmp = local::TempFile::create(parent).await?;
+    let mut tmp = local::TempFile::create(parent).await.map_err(disk_full)?;
     let mut received: u64 = 0;
     loop {
         let chunk = body
@@ -1052,7 +1095,7 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
         }
-        tmp.write(&chunk).await?;
+        tmp.write(&chunk).await.map_err(disk_full)?;
     }
     if received != remote.size {
         return Err(Error::Truncated {
@@ -1071,7 +1114,10 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
             });
         }
     }
-    let written = tmp.commit(&dest, remote.last_modified).await?;
+    let written = tmp
+        .commit(&dest, remote.last_modified)
+        .await
+        .map_err(disk_full)?;
     let why = match job {
         Job::Listed { reason, .. } => reason.to_string(),
         Job::Unlisted { .. } => "named in keys/manifest".to_owned(),
