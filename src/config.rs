@@ -60,6 +60,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "maxDeletePercent",
     "syncJitterPercent",
     "mqtt",
+    "bandwidthLimitBytesPerSec",
 ];
 
 /// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
@@ -266,6 +267,8 @@ pub struct Config {
     pub sync_jitter_percent: u8,
     /// `mqtt`: publish status over MQTT directly (outside Greengrass).
     pub mqtt: Option<MqttSettings>,
+    /// `bandwidthLimitBytesPerSec`: total download rate (0 = unlimited).
+    pub bandwidth_limit: u64,
 }
 
 /// `mqtt`: status over MQTT with the device certificate, for devices without Greengrass.
@@ -411,6 +414,7 @@ impl Config {
         let sync_jitter_percent = r.number("syncJitterPercent", DEFAULT_SYNC_JITTER_PERCENT, 0, 50);
         let source = r.source(keys, manifest_key, prefix.as_deref());
         let mqtt = r.mqtt(thing_name.as_deref());
+        let bandwidth_limit = r.number("bandwidthLimitBytesPerSec", 0, 0, 10_000_000_000);
         let refresh_ahead = r.number(
             "credentialsRefreshAheadSeconds",
             DEFAULT_REFRESH_AHEAD_SECS,
@@ -450,6 +454,7 @@ impl Config {
                 max_delete_percent: u8::try_from(max_delete_percent?).ok()?,
                 sync_jitter_percent: u8::try_from(sync_jitter_percent?).ok()?,
                 mqtt: mqtt?,
+                bandwidth_limit: bandwidth_limit?,
             })
         })();
         config

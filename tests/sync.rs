@@ -307,3 +307,22 @@ async fn file_folder_conflicts_and_unicode_normal_forms_have_documented_outcomes
     assert_eq!(t["cafe\u{301}.txt"], b"nfd");
     assert!(t.get("a") == Some(&b"file a".to_vec()) || t.get("a/b") == Some(&b"file b".to_vec()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bandwidth_limit_holds_across_concurrent_downloads() {
+    let env = Env::default().await;
+    for i in 0..3 {
+        env.put(&format!("bw/{i}"), noise(100_000, i)).await;
+    }
+    let s = env
+        .once_with("bw/", |m| {
+            m.insert("bandwidthLimitBytesPerSec".into(), "100000".into());
+            m.insert("maxConcurrency".into(), "3".into());
+        })
+        .await
+        .assert_ok();
+    assert_eq!(s["downloaded"], 3);
+    // 300 kB at 100 kB/s (250 ms burst allowed) cannot finish in under ~2.75 s. This bounds the
+    // limiter from below only; how fast it goes unlimited is a benchmark's business.
+    assert!(s["durationMs"].as_u64().unwrap() >= 2_500, "{s}");
+}

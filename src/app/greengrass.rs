@@ -430,6 +430,9 @@ impl Supervisor {
         for w in &parsed.warnings {
             tracing::warn!("{w}");
         }
+        if parsed.config.mqtt.is_some() {
+            tracing::warn!("mqtt is ignored under Greengrass: status is published through the nucleus (statusTopic, localStatusTopic)");
+        }
         let config = parsed.config;
         if self.config.as_ref() == Some(&config) {
             return Ok(());

@@ -17,6 +17,7 @@ pub mod s3;
 pub mod state;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::HashSet;
@@ -383,6 +384,8 @@ pub struct SyncSettings {
     pub delete_extraneous: bool,
     /// Deletion guard.
     pub max_delete_percent: u8,
+    /// Total download rate in bytes per second (0 = unlimited).
+    pub bandwidth_limit: u64,
 }
 
 impl From<&Config> for SyncSettings {
@@ -402,6 +405,7 @@ impl From<&Config> for SyncSettings {
             filter: Filter::new(&c.include, &c.exclude),
             delete_extraneous: c.delete_extraneous,
             max_delete_percent: c.max_delete_percent,
+            bandwidth_limit: c.bandwidth_limit,
         }
     }
 }
@@ -436,6 +440,7 @@ pub struct Syncer {
     state: StateStore,
     clock: SharedClock,
     swept: bool,
+    limiter: Option<Arc<crate::backoff::RateLimiter>>,
 }
 
 /// One object to fetch.
@@ -494,6 +499,8 @@ impl Syncer {
     ) -> Result<Self, Error> {
         let state = StateStore::open(&settings.state_dir, &settings.state_file_name())?;
         let source = Source::new(&settings.s3, credentials.clone());
+        let limiter =
+            crate::backoff::RateLimiter::new(settings.bandwidth_limit, clock.clone()).map(Arc::new);
         Ok(Self {
             settings,
             source,
@@ -501,6 +508,7 @@ impl Syncer {
             state,
             clock,
             swept: false,
+            limiter,
         })
     }
 
@@ -760,14 +768,18 @@ impl Syncer {
                 self.absorb(joined, summary)?;
             }
         }
-        let (source, creds) = (self.source.clone(), self.credentials.clone());
+        let (source, creds, limiter) = (
+            self.source.clone(),
+            self.credentials.clone(),
+            self.limiter.clone(),
+        );
         let (root, cancel) = (self.settings.local_dir.clone(), cancel.clone());
         tasks.spawn(async move {
             let key = job.key().to_owned();
             let result = tokio::select! {
                 // Dropping the download removes its temporary file.
                 () = cancel.cancelled() => Err(Error::Cancelled),
-                r = download_with_retries(&source, &creds, &root, &job) => r,
+                r = download_with_retries(&source, &creds, &root, &job, limiter.as_deref()) => r,
             };
             (key, result)
         });
@@ -992,10 +1004,11 @@ async fn download_with_retries(
     creds: &IotCredentialsProvider,
     root: &std::path::Path,
     job: &Job,
+    limiter: Option<&crate::backoff::RateLimiter>,
 ) -> Result<Outcome, Error> {
     let mut attempt = 0;
     loop {
-        match download(source, root, job).await {
+        match download(source, root, job, limiter).await {
             Err(Error::ExpiredToken) if attempt + 1 < OBJECT_ATTEMPTS => {
                 // The credentials expired under us (e.g. a long transfer); refresh, then retry.
                 creds.invalidate().await;
@@ -1012,7 +1025,12 @@ async fn download_with_retries(
 }
 
 /// Fetches one object and writes it into place: temp file, verify, fsync, rename.
-async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<Outcome, Error> {
+async fn download(
+    source: &Source,
+    root: &std::path::Path,
+    job: &Job,
+    limiter: Option<&crate::backoff::RateLimiter>,
+) -> Result<Outcome, Error> {
     let (out, remote, rel) = match job {
         Job::Listed { remote, rel, .. } => (
             source.get(&remote.key, &remote.etag).await?,
@@ -1091,6 +1109,9 @@ async fn download(source: &Source, root: &std::path::Path, job: &Job) -> Result<
         received += chunk.len() as u64;
         if received > remote.size {
             break;
+        }
+        if let Some(l) = limiter {
+            l.acquire(chunk.len()).await;
         }
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
