@@ -12,6 +12,7 @@
 //! - [`discovery`]: Greengrass mode fills configuration gaps from the nucleus (pure).
 //! - [`status`]: the status document (pure).
 //! - [`mqtt`]: status over MQTT for devices without Greengrass.
+//! - [`progress`]: the terminal progress bar of `once`.
 //! - [`check`]: the preflight doctor (`gg-s3-sync check`).
 //! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
 //! - [`clock`], [`backoff`]: injected time and retry policy.
@@ -25,5 +26,6 @@ pub mod credentials;
 pub mod discovery;
 pub mod ipc;
 pub mod mqtt;
+pub mod progress;
 pub mod status;
 pub mod sync;

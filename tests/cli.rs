@@ -324,3 +324,57 @@ async fn unreadable_private_key_names_its_permissions_and_the_fix() {
         assert!(err.contains(needle), "missing {needle:?} in {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_bar_on_a_terminal_plain_lines_otherwise() {
+    let env = Env::default().await;
+    for i in 0..4 {
+        env.put(&format!("p/{i}.bin"), noise(200_000, i)).await;
+    }
+    env.stack.s3.set_chunk_delay(Duration::from_millis(3));
+    let cfg = env.write_config(&env.config("p/", |m| {
+        m.insert("maxConcurrency".into(), "2".into());
+    }));
+    // script(1) runs the command on a pseudo-terminal: the bar is drawn on stderr.
+    let cmd = format!("{} once --config {}", bin(), cfg.display());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("/4 objects") && text.contains("B/s") && text.contains("ETA"),
+        "{text}"
+    );
+
+    // Without a terminal there is no bar, only log lines.
+    let cfg = env.write_config(&env.config("p/", |m| {
+        m.insert(
+            "localDir".into(),
+            env.tmp.path().join("plain").display().to_string().into(),
+        );
+        m.insert(
+            "stateDir".into(),
+            env.tmp
+                .path()
+                .join("plain-state")
+                .display()
+                .to_string()
+                .into(),
+        );
+    }));
+    let r = run(&["once", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0));
+    assert!(
+        !r.stderr().contains("objects") && !r.stderr().contains("ETA"),
+        "{}",
+        r.stderr()
+    );
+    assert!(r.stderr().contains("sync pass finished"), "{}", r.stderr());
+}

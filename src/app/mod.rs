@@ -50,11 +50,19 @@ pub async fn once(
     dry_run: bool,
 ) -> Result<Summary, sync::Error> {
     let mut syncer = engine(config, clock)?;
+    let bar = (!dry_run && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(|| std::sync::Arc::new(crate::progress::TerminalProgress::new()));
+    if let Some(b) = &bar {
+        syncer.set_progress(b.clone());
+    }
     let summary = if dry_run {
         syncer.dry_run(cancel).await?
     } else {
         syncer.run_pass(cancel).await?
     };
+    if let Some(b) = &bar {
+        b.finish();
+    }
     log_summary(&summary);
     Ok(summary)
 }

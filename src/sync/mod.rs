@@ -440,7 +440,24 @@ pub struct Syncer {
     state: StateStore,
     clock: SharedClock,
     swept: bool,
+    hooks: Hooks,
+}
+
+/// Receives progress while a pass runs (e.g. a terminal progress bar).
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// A download was queued; `bytes` is its size when known (0 otherwise).
+    fn planned(&self, bytes: u64);
+    /// Body bytes arrived.
+    fn transferred(&self, bytes: u64);
+    /// A queued download ended (in any way).
+    fn finished(&self);
+}
+
+/// What every download task shares: the bandwidth limit and the progress sink.
+#[derive(Debug, Clone, Default)]
+struct Hooks {
     limiter: Option<Arc<crate::backoff::RateLimiter>>,
+    progress: Option<Arc<dyn Progress>>,
 }
 
 /// One object to fetch.
@@ -508,8 +525,16 @@ impl Syncer {
             state,
             clock,
             swept: false,
-            limiter,
+            hooks: Hooks {
+                limiter,
+                progress: None,
+            },
         })
+    }
+
+    /// Reports progress to `progress` from now on.
+    pub fn set_progress(&mut self, progress: Arc<dyn Progress>) {
+        self.hooks.progress = Some(progress);
     }
 
     /// The credentials provider in use.
@@ -768,19 +793,28 @@ impl Syncer {
                 self.absorb(joined, summary)?;
             }
         }
-        let (source, creds, limiter) = (
+        let (source, creds, hooks) = (
             self.source.clone(),
             self.credentials.clone(),
-            self.limiter.clone(),
+            self.hooks.clone(),
         );
+        if let Some(p) = &hooks.progress {
+            p.planned(match &job {
+                Job::Listed { remote, .. } => remote.size,
+                Job::Unlisted { .. } => 0,
+            });
+        }
         let (root, cancel) = (self.settings.local_dir.clone(), cancel.clone());
         tasks.spawn(async move {
             let key = job.key().to_owned();
             let result = tokio::select! {
                 // Dropping the download removes its temporary file.
                 () = cancel.cancelled() => Err(Error::Cancelled),
-                r = download_with_retries(&source, &creds, &root, &job, limiter.as_deref()) => r,
+                r = download_with_retries(&source, &creds, &root, &job, &hooks) => r,
             };
+            if let Some(p) = &hooks.progress {
+                p.finished();
+            }
             (key, result)
         });
         Ok(())
@@ -1004,11 +1038,11 @@ async fn download_with_retries(
     creds: &IotCredentialsProvider,
     root: &std::path::Path,
     job: &Job,
-    limiter: Option<&crate::backoff::RateLimiter>,
+    hooks: &Hooks,
 ) -> Result<Outcome, Error> {
     let mut attempt = 0;
     loop {
-        match download(source, root, job, limiter).await {
+        match download(source, root, job, hooks).await {
             Err(Error::ExpiredToken) if attempt + 1 < OBJECT_ATTEMPTS => {
                 // The credentials expired under us (e.g. a long transfer); refresh, then retry.
                 creds.invalidate().await;
@@ -1029,7 +1063,7 @@ async fn download(
     source: &Source,
     root: &std::path::Path,
     job: &Job,
-    limiter: Option<&crate::backoff::RateLimiter>,
+    hooks: &Hooks,
 ) -> Result<Outcome, Error> {
     let (out, remote, rel) = match job {
         Job::Listed { remote, rel, .. } => (
@@ -1110,8 +1144,11 @@ async fn download(
         if received > remote.size {
             break;
         }
-        if let Some(l) = limiter {
+        if let Some(l) = &hooks.limiter {
             l.acquire(chunk.len()).await;
+        }
+        if let Some(p) = &hooks.progress {
+            p.transferred(chunk.len() as u64);
         }
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
