@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_CONCURRENCY: u64 = 8;
 pub const DEFAULT_REFRESH_AHEAD_SECS: u64 = 300;
 /// Upper bound of `maxConcurrency`.
 pub const MAX_CONCURRENCY_LIMIT: u64 = 256;
+/// Default `rangedDownloadThresholdBytes` (16 MiB).
+pub const DEFAULT_RANGED_THRESHOLD: u64 = 16 * 1024 * 1024;
 /// Default `maxDeletePercent`.
 pub const DEFAULT_MAX_DELETE_PERCENT: u64 = 50;
 /// Default `syncJitterPercent`.
@@ -61,6 +63,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "syncJitterPercent",
     "mqtt",
     "bandwidthLimitBytesPerSec",
+    "rangedDownloadThresholdBytes",
 ];
 
 /// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
@@ -269,6 +272,9 @@ pub struct Config {
     pub mqtt: Option<MqttSettings>,
     /// `bandwidthLimitBytesPerSec`: total download rate (0 = unlimited).
     pub bandwidth_limit: u64,
+    /// `rangedDownloadThresholdBytes`: larger objects are fetched in parallel ranged parts
+    /// (half this size each) and resume after interruptions; 0 disables.
+    pub ranged_threshold: u64,
 }
 
 /// `mqtt`: status over MQTT with the device certificate, for devices without Greengrass.
@@ -415,6 +421,23 @@ impl Config {
         let source = r.source(keys, manifest_key, prefix.as_deref());
         let mqtt = r.mqtt(thing_name.as_deref());
         let bandwidth_limit = r.number("bandwidthLimitBytesPerSec", 0, 0, 10_000_000_000);
+        let ranged_threshold = r
+            .number(
+                "rangedDownloadThresholdBytes",
+                DEFAULT_RANGED_THRESHOLD,
+                0,
+                1 << 40,
+            )
+            .and_then(|t| {
+                if t == 0 || t >= 64 * 1024 {
+                    Some(t)
+                } else {
+                    r.fail(
+                        "rangedDownloadThresholdBytes",
+                        format!("expected 0 (off) or at least 65536, got {t}"),
+                    )
+                }
+            });
         let refresh_ahead = r.number(
             "credentialsRefreshAheadSeconds",
             DEFAULT_REFRESH_AHEAD_SECS,
@@ -455,6 +478,7 @@ impl Config {
                 sync_jitter_percent: u8::try_from(sync_jitter_percent?).ok()?,
                 mqtt: mqtt?,
                 bandwidth_limit: bandwidth_limit?,
+                ranged_threshold: ranged_threshold?,
             })
         })();
         config

@@ -12,11 +12,22 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// (credential requests, LISTs, GETs) for a first pass and then an unchanged pass.
-async fn measure(env: &Env, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> [(u64, u64, u64); 2] {
+async fn measure(
+    env: &Env,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> [(u64, u64, u64); 2] {
     let value = env.config("f/", edit);
-    let config = Config::from_value(&value, Path::new("/"), Path::new("/")).unwrap().config;
+    let config = Config::from_value(&value, Path::new("/"), Path::new("/"))
+        .unwrap()
+        .config;
     let mut syncer = gg_s3_sync::app::engine(&config, clock::system()).unwrap();
-    let counters = || (env.stack.account.stats().credential_requests, env.stack.s3.list_count(), env.stack.s3.get_count());
+    let counters = || {
+        (
+            env.stack.account.stats().credential_requests,
+            env.stack.s3.list_count(),
+            env.stack.s3.get_count(),
+        )
+    };
     let cancel = CancellationToken::new();
     let mut out = [(0, 0, 0); 2];
     for slot in &mut out {
@@ -36,25 +47,53 @@ async fn request_counts_per_pass() {
         env.put(&format!("f/{i:05}.txt"), "x").await;
     }
     let keys: Vec<String> = (0..50).map(|i| format!("f/{i:05}.txt")).collect();
-    env.put("f/manifest.json", serde_json::to_string(&keys).unwrap().as_str()).await;
+    env.put(
+        "f/manifest.json",
+        serde_json::to_string(&keys).unwrap().as_str(),
+    )
+    .await;
 
     let prefix = measure(&env, |_| {}).await;
-    eprintln!("prefix mode, 1201 objects: first {:?}, unchanged {:?}", prefix[0], prefix[1]);
-    assert_eq!(prefix, [(1, 2, 1_201), (0, 2, 0)], "an unchanged pass costs only the LIST pages");
+    eprintln!(
+        "prefix mode, 1201 objects: first {:?}, unchanged {:?}",
+        prefix[0], prefix[1]
+    );
+    assert_eq!(
+        prefix,
+        [(1, 2, 1_201), (0, 2, 0)],
+        "an unchanged pass costs only the LIST pages"
+    );
 
     let keyed = measure(&env, |m| {
         m.insert("keys".into(), json!(keys));
         m.insert("stateDir".into(), json!(env.tmp.path().join("state-keys")));
     })
     .await;
-    eprintln!("keys mode, 50 keys: first {:?}, unchanged {:?}", keyed[0], keyed[1]);
-    assert_eq!(keyed, [(1, 0, 50), (0, 0, 50)], "one (conditional) GET per key, nothing listed");
+    eprintln!(
+        "keys mode, 50 keys: first {:?}, unchanged {:?}",
+        keyed[0], keyed[1]
+    );
+    assert_eq!(
+        keyed,
+        [(1, 0, 50), (0, 0, 50)],
+        "one (conditional) GET per key, nothing listed"
+    );
 
     let manifest = measure(&env, |m| {
         m.insert("manifestKey".into(), json!("f/manifest.json"));
-        m.insert("stateDir".into(), json!(env.tmp.path().join("state-manifest")));
+        m.insert(
+            "stateDir".into(),
+            json!(env.tmp.path().join("state-manifest")),
+        );
     })
     .await;
-    eprintln!("manifest mode, 50 keys: first {:?}, unchanged {:?}", manifest[0], manifest[1]);
-    assert_eq!(manifest, [(1, 0, 51), (0, 0, 51)], "the manifest plus one GET per key");
+    eprintln!(
+        "manifest mode, 50 keys: first {:?}, unchanged {:?}",
+        manifest[0], manifest[1]
+    );
+    assert_eq!(
+        manifest,
+        [(1, 0, 51), (0, 0, 51)],
+        "the manifest plus one GET per key"
+    );
 }

@@ -281,7 +281,11 @@ pub fn sweep_temp_files(root: &Path) -> Result<usize, Error> {
             let name = name.to_string_lossy();
             if ft.is_dir() {
                 stack.push(entry.path());
-            } else if ft.is_file() && name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) {
+            } else if ft.is_file()
+                && name.starts_with(TEMP_PREFIX)
+                && name.ends_with(TEMP_SUFFIX)
+                && !name.contains(super::ranged::RESUME_MARK)
+            {
                 fs::remove_file(entry.path()).map_err(io_err("remove", &entry.path()))?;
                 removed += 1;
             }

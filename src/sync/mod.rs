@@ -13,6 +13,7 @@
 pub mod filter;
 pub mod local;
 pub mod plan;
+mod ranged;
 pub mod s3;
 pub mod state;
 
@@ -386,6 +387,8 @@ pub struct SyncSettings {
     pub max_delete_percent: u8,
     /// Total download rate in bytes per second (0 = unlimited).
     pub bandwidth_limit: u64,
+    /// Ranged-download threshold (0 = off).
+    pub ranged_threshold: u64,
 }
 
 impl From<&Config> for SyncSettings {
@@ -406,6 +409,7 @@ impl From<&Config> for SyncSettings {
             delete_extraneous: c.delete_extraneous,
             max_delete_percent: c.max_delete_percent,
             bandwidth_limit: c.bandwidth_limit,
+            ranged_threshold: c.ranged_threshold,
         }
     }
 }
@@ -458,6 +462,10 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
 struct Hooks {
     limiter: Option<Arc<crate::backoff::RateLimiter>>,
     progress: Option<Arc<dyn Progress>>,
+    /// Objects larger than this are fetched in ranged parts (0 = never).
+    ranged_threshold: u64,
+    /// Parts of one object fetched at once.
+    ranged_parallel: usize,
 }
 
 /// One object to fetch.
@@ -518,6 +526,8 @@ impl Syncer {
         let source = Source::new(&settings.s3, credentials.clone());
         let limiter =
             crate::backoff::RateLimiter::new(settings.bandwidth_limit, clock.clone()).map(Arc::new);
+        let (ranged_threshold, ranged_parallel) =
+            (settings.ranged_threshold, settings.max_concurrency.min(4));
         Ok(Self {
             settings,
             source,
@@ -528,6 +538,8 @@ impl Syncer {
             hooks: Hooks {
                 limiter,
                 progress: None,
+                ranged_threshold,
+                ranged_parallel,
             },
         })
     }
@@ -1065,6 +1077,33 @@ async fn download(
     job: &Job,
     hooks: &Hooks,
 ) -> Result<Outcome, Error> {
+    if let Job::Listed { remote, rel, .. } = job {
+        if hooks.ranged_threshold > 0
+            && remote.size > hooks.ranged_threshold
+            && !remote.etag.is_empty()
+        {
+            let dest = local::prepare_destination(root, rel)?;
+            let part_size = (hooks.ranged_threshold / 2).max(1);
+            let written = ranged::download(
+                source,
+                remote,
+                &dest,
+                part_size,
+                hooks.ranged_parallel,
+                hooks,
+            )
+            .await?;
+            return Ok(Outcome::Downloaded {
+                key: remote.key.clone(),
+                recorded: plan::Recorded {
+                    etag: plan::version_tag(remote),
+                    size: remote.size,
+                    mtime_ns: written.mtime_ns,
+                },
+                bytes: remote.size,
+            });
+        }
+    }
     let (out, remote, rel) = match job {
         Job::Listed { remote, rel, .. } => (
             source.get(&remote.key, &remote.etag).await?,

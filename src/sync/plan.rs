@@ -89,7 +89,9 @@ impl fmt::Display for Unsafe {
             Self::FolderWithContent => {
                 f.write_str("key ends in '/' but is not an empty folder marker")
             }
-            Self::Reserved => f.write_str("key uses the component's temporary file name pattern"),
+            Self::Reserved => {
+                f.write_str("key uses the component's reserved '.gg-s3-sync.' file names")
+            }
         }
     }
 }
@@ -130,7 +132,7 @@ pub fn map_key(key: &str, prefix: &str, size: u64) -> KeyVerdict {
             "." => Some(Unsafe::DotSegment),
             ".." => Some(Unsafe::ParentSegment),
             s if s.len() > MAX_SEGMENT_BYTES => Some(Unsafe::SegmentTooLong(s.len())),
-            s if s.starts_with(TEMP_PREFIX) && s.ends_with(TEMP_SUFFIX) => Some(Unsafe::Reserved),
+            s if s.starts_with(TEMP_PREFIX) => Some(Unsafe::Reserved),
             _ => None,
         };
         if let Some(p) = problem {
@@ -310,6 +312,7 @@ mod tests {
             Unsafe::SegmentTooLong(256)
         );
         assert_eq!(unsafe_("p/d/.gg-s3-sync.0123.part"), Unsafe::Reserved);
+        assert_eq!(unsafe_("p/.gg-s3-sync.abc.resume.json"), Unsafe::Reserved);
     }
 
     #[test]
@@ -568,5 +571,43 @@ mod deletion_tests {
             .contains("item 1"));
         assert!(parse_manifest(b"[not json").is_err());
         assert!(parse_manifest(&[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
+    }
+}
+
+/// The byte ranges (inclusive ends, as in HTTP `Range`) of an object split into parts.
+#[must_use]
+pub fn parts(size: u64, part_size: u64) -> Vec<(u64, u64)> {
+    let part_size = part_size.max(1);
+    (0..size.div_ceil(part_size))
+        .map(|i| {
+            let start = i * part_size;
+            (start, (start + part_size).min(size) - 1)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn splits() {
+        assert_eq!(parts(10, 4), [(0, 3), (4, 7), (8, 9)]);
+        assert_eq!(parts(8, 4), [(0, 3), (4, 7)]);
+        assert!(parts(0, 4).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn parts_tile_the_object(size in 1u64..10_000, part in 1u64..3_000) {
+            let p = parts(size, part);
+            prop_assert_eq!(p[0].0, 0);
+            prop_assert_eq!(p.last().unwrap().1, size - 1);
+            for w in p.windows(2) {
+                prop_assert_eq!(w[0].1 + 1, w[1].0);
+            }
+            prop_assert!(p.iter().all(|(a, b)| b - a < part));
+        }
     }
 }

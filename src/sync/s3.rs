@@ -163,6 +163,31 @@ impl Source {
         }
     }
 
+    /// A ranged GET of `start..=end`, conditional on the ETag.
+    ///
+    /// # Errors
+    /// As [`Source::get`].
+    pub async fn get_range(
+        &self,
+        key: &str,
+        if_match: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<GetObjectOutput, Error> {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{end}"));
+        if !if_match.is_empty() && !if_match.starts_with("lm:") {
+            req = req.if_match(format!("\"{if_match}\""));
+        }
+        req.send()
+            .await
+            .map_err(|e| self.classify(Op::Get, key, &e))
+    }
+
     /// HeadObject: the object's ETag, size and time without its body (needs only s3:GetObject).
     ///
     /// # Errors

@@ -1,0 +1,153 @@
+//! Large objects: parallel ranged GETs, resume after kill -9, and a change mid-download.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{bin, noise, once_args, run_async, tree, Env};
+use devstack::s3::Fault;
+use serde_json::Value;
+
+const MIB: usize = 1 << 20;
+
+fn small_threshold(m: &mut serde_json::Map<String, Value>) {
+    // 1 MiB threshold: parts of 512 KiB, so small test objects take the ranged path.
+    m.insert("rangedDownloadThresholdBytes".into(), "1048576".into());
+    m.insert("maxConcurrency".into(), "4".into());
+}
+
+fn sidecar_parts(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".resume.json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| v["done"].as_array().map_or(0, Vec::len))
+        .max()
+        .unwrap_or(0)
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    tree(dir)
+        .into_keys()
+        .filter(|k| k.contains(".gg-s3-sync."))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_objects_use_parallel_ranged_gets_and_survive_part_failures() {
+    let env = Env::default().await;
+    env.put("big/blob.bin", noise(5 * MIB, 1)).await;
+    env.put("big/small.txt", "small").await;
+    env.stack
+        .s3
+        .inject("big/blob.bin", Fault::Truncate(100_000), 1);
+    env.stack
+        .s3
+        .inject("big/blob.bin", Fault::Status("InternalError"), 1);
+    env.stack.s3.set_chunk_delay(Duration::from_millis(1));
+    let gets = env.stack.s3.get_count();
+    let s = env.once_with("big/", small_threshold).await.assert_ok();
+    assert_eq!(s["downloaded"], 2, "{s}");
+    assert_eq!(tree(&env.local)["blob.bin"], noise(5 * MIB, 1));
+    // 10 parts of 512 KiB + the small object, plus the failed attempts (the SDK may absorb the 500).
+    let used = env.stack.s3.get_count() - gets;
+    assert!((12..=14).contains(&used), "{used} GETs");
+    assert!(
+        env.stack.s3.max_concurrent_gets() >= 2,
+        "parts run in parallel"
+    );
+    assert!(
+        leftovers(&env.local).is_empty(),
+        "{:?}",
+        leftovers(&env.local)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_then_restart_resumes_from_the_parts_on_disk() {
+    let env = Env::default().await;
+    env.put("r/blob.bin", noise(8 * MIB, 2)).await;
+    env.stack.s3.set_chunk_delay(Duration::from_millis(2));
+    let cfg = env.write_config(&env.config("r/", small_threshold));
+    let mut child = Command::new(bin())
+        .args(once_args(&cfg))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..1500 {
+        if sidecar_parts(&env.local) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let done_before = sidecar_parts(&env.local);
+    assert!(done_before >= 4, "some parts were written before the kill");
+    assert!(Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+    assert!(
+        !env.local.join("blob.bin").exists(),
+        "nothing under the final name"
+    );
+
+    env.stack.s3.set_chunk_delay(Duration::ZERO);
+    let gets = env.stack.s3.get_count();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    let fetched = env.stack.s3.get_count() - gets;
+    assert!(
+        fetched as usize <= 16 - done_before,
+        "resumed: fetched {fetched} of 16 parts after {done_before} were done"
+    );
+    assert_eq!(tree(&env.local)["blob.bin"], noise(8 * MIB, 2));
+    assert!(
+        leftovers(&env.local).is_empty(),
+        "{:?}",
+        leftovers(&env.local)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_overwritten_mid_download_is_discarded_and_fetched_anew() {
+    let env = Env::default().await;
+    env.put("c/blob.bin", noise(4 * MIB, 3)).await;
+    env.stack.s3.set_chunk_delay(Duration::from_millis(2));
+    let cfg = env.write_config(&env.config("c/", |m| {
+        small_threshold(m);
+        m.insert("maxConcurrency".into(), "1".into());
+    }));
+    let pass = tokio::spawn(run_async(once_args(&cfg)));
+    for _ in 0..1500 {
+        if sidecar_parts(&env.local) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    env.put("c/blob.bin", noise(4 * MIB, 4)).await; // a new version while parts are downloading
+    let r = pass.await.unwrap();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    assert_eq!(
+        r.summary()["failures"][0]["code"],
+        "ObjectChanged",
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        leftovers(&env.local).is_empty(),
+        "partial data of the old version discarded"
+    );
+
+    env.stack.s3.set_chunk_delay(Duration::ZERO);
+    run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(tree(&env.local)["blob.bin"], noise(4 * MIB, 4));
+}
