@@ -104,6 +104,8 @@ struct Shared {
     max_in_flight: u64,
     lists: u64,
     faults: Vec<FaultRule>,
+    /// Snapshots of plain listings, for their continuation pages.
+    listings: std::collections::HashMap<(String, String), Arc<Vec<Object>>>,
 }
 
 impl Shared {
@@ -190,6 +192,85 @@ impl DevS3 {
             }
             other => other,
         }
+    }
+
+    /// ListObjectsV2 without a delimiter, paginated here: the first page walks the bucket once
+    /// (s3s-fs walks the whole folder for every page, which is quadratic at 100 000 keys) and
+    /// later pages of the same listing are served from that snapshot. Virtual objects are merged.
+    async fn list_plain(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+        bucket: &str,
+        prefix: &str,
+        marker: Option<String>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let max_keys =
+            usize::try_from(req.input.max_keys.unwrap_or(1000).clamp(0, 1000)).unwrap_or(1000);
+        let token = req.input.continuation_token.clone();
+        let start_after = req.input.start_after.clone();
+        let cache_key = (bucket.to_owned(), prefix.to_owned());
+        let cached = token
+            .as_ref()
+            .and_then(|_| self.shared().listings.get(&cache_key).cloned());
+        let snapshot = match cached {
+            Some(s) => s,
+            None => {
+                let all = req.map_input(|mut i| {
+                    i.continuation_token = None;
+                    i.start_after = None;
+                    i.max_keys = Some(i32::MAX);
+                    i
+                });
+                let out = self.fs.list_objects_v2(all).await?.output;
+                let mut objects = out.contents.unwrap_or_default();
+                let shared = self.shared();
+                objects.extend(
+                    shared
+                        .virtual_objects
+                        .iter()
+                        .filter(|((b, k), _)| b == bucket && k.starts_with(prefix))
+                        .map(|((_, k), v)| Object {
+                            key: Some(k.clone()),
+                            e_tag: Some(ETag::Strong(v.etag.clone())),
+                            size: i64::try_from(v.data.len()).ok(),
+                            last_modified: Some(Timestamp::from(v.modified)),
+                            ..Default::default()
+                        }),
+                );
+                drop(shared);
+                objects.sort_by(|a, b| a.key.cmp(&b.key));
+                let snapshot = Arc::new(objects);
+                self.shared().listings.insert(cache_key, snapshot.clone());
+                snapshot
+            }
+        };
+        let from = marker.as_deref().map_or(0, |m| {
+            snapshot.partition_point(|o| o.key.as_deref().unwrap_or("") <= m)
+        });
+        let mut page: Vec<Object> = snapshot.iter().skip(from).take(max_keys).cloned().collect();
+        let truncated = from + page.len() < snapshot.len();
+        for obj in &mut page {
+            if obj.e_tag.is_none() {
+                if let Some(key) = obj.key.clone() {
+                    obj.e_tag = self.etag_of(bucket, &key).await?.map(ETag::Strong);
+                }
+            }
+        }
+        let next = truncated
+            .then(|| page.last().and_then(|o| o.key.clone()))
+            .flatten();
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(bucket.to_owned()),
+            prefix: Some(prefix.to_owned()),
+            max_keys: i32::try_from(max_keys).ok(),
+            key_count: i32::try_from(page.len()).ok(),
+            is_truncated: Some(truncated),
+            next_continuation_token: next,
+            continuation_token: token,
+            start_after,
+            contents: Some(page),
+            ..Default::default()
+        }))
     }
 
     fn virtual_object(&self, bucket: &str, key: &str) -> Option<VirtualObject> {
@@ -413,46 +494,16 @@ impl S3 for DevS3 {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        let plain = req.input.delimiter.is_none();
+        if req.input.delimiter.is_none() {
+            return self.list_plain(req, &bucket, &prefix, marker).await;
+        }
         let mut resp = self.fs.list_objects_v2(req).await?;
-        let out = &mut resp.output;
-        let contents = out.contents.get_or_insert_with(Vec::new);
+        let contents = resp.output.contents.get_or_insert_with(Vec::new);
         for obj in contents.iter_mut() {
             if obj.e_tag.is_none() {
                 if let Some(key) = obj.key.clone() {
                     obj.e_tag = self.etag_of(&bucket, &key).await?.map(ETag::Strong);
                 }
-            }
-        }
-        if plain {
-            // Merge virtual objects that fall inside this page's key range.
-            let upper = if out.is_truncated == Some(true) {
-                contents.last().and_then(|o| o.key.clone())
-            } else {
-                None
-            };
-            let extra: Vec<Object> = self
-                .shared()
-                .virtual_objects
-                .iter()
-                .filter(|((b, k), _)| {
-                    *b == bucket
-                        && k.starts_with(&prefix)
-                        && marker.as_ref().is_none_or(|m| k > m)
-                        && upper.as_ref().is_none_or(|u| k <= u)
-                })
-                .map(|((_, k), v)| Object {
-                    key: Some(k.clone()),
-                    e_tag: Some(ETag::Strong(v.etag.clone())),
-                    size: i64::try_from(v.data.len()).ok(),
-                    last_modified: Some(Timestamp::from(v.modified)),
-                    ..Default::default()
-                })
-                .collect();
-            if !extra.is_empty() {
-                contents.extend(extra);
-                contents.sort_by(|a, b| a.key.cmp(&b.key));
-                out.key_count = i32::try_from(contents.len()).ok();
             }
         }
         Ok(resp)

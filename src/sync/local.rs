@@ -150,11 +150,15 @@ pub fn mtime_ns(t: SystemTime) -> i128 {
     }
 }
 
+/// Write buffer per download: tokio file writes are blocking-pool round trips, so small body
+/// chunks must not each become one.
+pub const WRITE_BUFFER: usize = 256 * 1024;
+
 /// A temporary file that becomes the destination on [`TempFile::commit`], or vanishes.
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
-    file: Option<tokio::fs::File>,
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     committed: bool,
 }
 
@@ -176,7 +180,7 @@ impl TempFile {
                 Ok(file) => {
                     return Ok(Self {
                         path,
-                        file: Some(file),
+                        file: Some(tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file)),
                         committed: false,
                     })
                 }
@@ -221,7 +225,7 @@ impl TempFile {
             .take()
             .ok_or_else(|| io_err("commit", &self.path)(io::Error::other("file already closed")))?;
         file.flush().await.map_err(io_err("write", &self.path))?;
-        let std_file = file.into_std().await;
+        let std_file = file.into_inner().into_std().await;
         let tmp = self.path.clone();
         let dest = dest.to_owned();
         let result = tokio::task::spawn_blocking(move || -> Result<LocalFile, Error> {

@@ -663,12 +663,18 @@ impl Syncer {
             };
             for remote in page.objects {
                 summary.listed += 1;
-                seen.insert(remote.key.clone());
+                if self.settings.delete_extraneous {
+                    seen.insert(remote.key.clone());
+                }
                 let Some(rel) = self.admit(&remote.key, remote.size, summary) else {
                     continue;
                 };
                 let dest = self.settings.local_dir.join(rel.as_str());
-                match plan::plan(&remote, self.state.get(&remote.key), local::observe(&dest)) {
+                match plan::plan(
+                    &remote,
+                    self.state.get(&remote.key).as_ref(),
+                    local::observe(&dest),
+                ) {
                     Action::Unchanged => summary.unchanged += 1,
                     Action::Download(reason) if dry_run => {
                         planned(
@@ -715,14 +721,16 @@ impl Syncer {
                 return Err(Error::Cancelled);
             }
             summary.listed += 1;
-            seen.insert(key.clone());
+            if self.settings.delete_extraneous {
+                seen.insert(key.clone());
+            }
             // Sizes are unknown before the GET; a trailing '/' can only be a folder marker.
             let size = u64::from(!key.ends_with('/'));
             let Some(rel) = self.admit(&key, size, summary) else {
                 continue;
             };
             let dest = self.settings.local_dir.join(rel.as_str());
-            let recorded = self.state.get(&key).cloned();
+            let recorded = self.state.get(&key);
             let intact = recorded.as_ref().filter(|r| {
                 local::observe(&dest)
                     == Some(plan::LocalFile {
@@ -925,7 +933,7 @@ impl Syncer {
             return Ok(());
         }
         for key in decision.delete {
-            let Some(recorded) = self.state.get(&key).cloned() else {
+            let Some(recorded) = self.state.get(&key) else {
                 continue;
             };
             let KeyVerdict::Path(rel) = plan::map_key(&key, &prefix, recorded.size.max(1)) else {

@@ -259,6 +259,7 @@ async fn fetch_part(
     file.seek(SeekFrom::Start(start))
         .await
         .map_err(io("seek in", data))?;
+    let mut file = tokio::io::BufWriter::with_capacity(4 * local::WRITE_BUFFER, file);
     let mut body = out.body;
     let expected = end - start + 1;
     let mut received = 0u64;
@@ -286,7 +287,8 @@ async fn fetch_part(
             received,
         });
     }
-    file.sync_data().await.map_err(io("sync", data))
+    file.flush().await.map_err(io("write", data))?;
+    file.get_ref().sync_data().await.map_err(io("sync", data))
 }
 
 async fn md5_file(path: &Path) -> Result<String, Error> {

@@ -62,11 +62,72 @@ impl Line {
     }
 }
 
+/// An ETag as stored: 16 bytes for the usual MD5 hex, the text otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Etag {
+    Md5([u8; 16]),
+    Text(Box<str>),
+}
+
+impl Etag {
+    fn new(s: &str) -> Self {
+        let lower = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if lower {
+            let mut out = [0u8; 16];
+            for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+                let hex = |c: u8| {
+                    if c.is_ascii_digit() {
+                        c - b'0'
+                    } else {
+                        c - b'a' + 10
+                    }
+                };
+                out[i] = hex(pair[0]) << 4 | hex(pair[1]);
+            }
+            return Self::Md5(out);
+        }
+        Self::Text(s.into())
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::Md5(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            Self::Text(t) => t.to_string(),
+        }
+    }
+}
+
+/// What is kept in memory per object (about half the size of a [`Recorded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    etag: Etag,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Entry {
+    fn new(r: &Recorded) -> Self {
+        Self {
+            etag: Etag::new(&r.etag),
+            size: r.size,
+            mtime_ns: r.mtime_ns,
+        }
+    }
+
+    fn recorded(&self) -> Recorded {
+        Recorded {
+            etag: self.etag.text(),
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+        }
+    }
+}
+
 /// The state of one (bucket, prefix, localDir) triple.
 #[derive(Debug)]
 pub struct StateStore {
     path: PathBuf,
-    entries: HashMap<String, Recorded>,
+    entries: HashMap<Box<str>, Entry>,
     log: BufWriter<File>,
     lines: usize,
 }
@@ -97,7 +158,7 @@ impl StateStore {
                     lines += 1;
                     match serde_json::from_slice::<Line>(&line) {
                         Ok(Line { k, d: Some(_), .. }) => {
-                            entries.remove(&k);
+                            entries.remove(k.as_str());
                         }
                         Ok(Line {
                             k,
@@ -107,9 +168,9 @@ impl StateStore {
                             ..
                         }) => {
                             entries.insert(
-                                k,
-                                Recorded {
-                                    etag,
+                                k.into_boxed_str(),
+                                Entry {
+                                    etag: Etag::new(&etag),
                                     size,
                                     mtime_ns,
                                 },
@@ -152,13 +213,13 @@ impl StateStore {
 
     /// What was recorded for `key`.
     #[must_use]
-    pub fn get(&self, key: &str) -> Option<&Recorded> {
-        self.entries.get(key)
+    pub fn get(&self, key: &str) -> Option<Recorded> {
+        self.entries.get(key).map(Entry::recorded)
     }
 
     /// Every recorded key.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
+        self.entries.keys().map(|k| &**k)
     }
 
     /// Number of recorded objects.
@@ -179,7 +240,7 @@ impl StateStore {
     /// [`Error::Io`] if the line cannot be appended.
     pub fn record(&mut self, key: &str, rec: Recorded) -> Result<(), Error> {
         self.append(&Line::record(key, &rec))?;
-        self.entries.insert(key.to_owned(), rec);
+        self.entries.insert(key.into(), Entry::new(&rec));
         Ok(())
     }
 
@@ -247,8 +308,8 @@ impl StateStore {
         };
         let file = File::create(&tmp).map_err(|e| io_err("create", e))?;
         let mut w = BufWriter::new(file);
-        for (k, r) in &self.entries {
-            let mut buf = serde_json::to_vec(&Line::record(k, r))
+        for (k, e) in &self.entries {
+            let mut buf = serde_json::to_vec(&Line::record(k, &e.recorded()))
                 .map_err(|e| io_err("encode", io::Error::other(e)))?;
             buf.push(b'\n');
             w.write_all(&buf).map_err(|e| io_err("write", e))?;
@@ -297,7 +358,7 @@ mod tests {
         drop(s);
         let s = StateStore::open(dir.path(), "state.jsonl").unwrap();
         assert_eq!(s.len(), 1);
-        assert_eq!(s.get("a"), Some(&rec("3")));
+        assert_eq!(s.get("a"), Some(rec("3")));
     }
 
     #[test]
@@ -318,6 +379,23 @@ mod tests {
         drop(s);
         let s = StateStore::open(dir.path(), "state.jsonl").unwrap();
         assert_eq!(s.len(), 2, "the line after the torn one must survive");
+    }
+
+    #[test]
+    fn etags_round_trip_compactly() {
+        for e in [
+            "d41d8cd98f00b204e9800998ecf8427e",
+            "D41D8CD98F00B204E9800998ECF8427E",
+            "abc-3",
+            "lm:123",
+            "",
+        ] {
+            assert_eq!(Etag::new(e).text(), e);
+        }
+        assert!(matches!(
+            Etag::new("d41d8cd98f00b204e9800998ecf8427e"),
+            Etag::Md5(_)
+        ));
     }
 
     #[test]
