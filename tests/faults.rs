@@ -228,3 +228,21 @@ async fn a_full_disk_is_reported_with_numbers_and_loses_nothing() {
         "no partial file under a final name"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_transfer_is_abandoned_and_retried() {
+    let env = Env::default().await;
+    env.put("s/slow.bin", noise(300_000, 5)).await;
+    // The server stops sending for 20 s after the first chunk; the SDK's stalled-stream
+    // protection (5 s grace) abandons the body and the object is fetched again.
+    env.stack.s3.inject("s/slow.bin", Fault::Stall(20_000), 1);
+    let gets = env.stack.s3.get_count();
+    let s = env.once_with("s/", |_| {}).await.assert_ok();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert!(
+        s["durationMs"].as_u64().unwrap() < 19_000,
+        "did not wait for the stall: {s}"
+    );
+    assert!(env.stack.s3.get_count() - gets >= 2);
+    assert_eq!(tree(&env.local)["slow.bin"], noise(300_000, 5));
+}

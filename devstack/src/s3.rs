@@ -85,6 +85,8 @@ pub enum Fault {
     Reset(usize),
     /// Flip the bits of the body byte at this offset.
     Corrupt(usize),
+    /// Send the first chunk, then stop sending for this many milliseconds.
+    Stall(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -443,6 +445,7 @@ impl S3 for DevS3 {
         };
         if let Some(body) = resp.output.body.take() {
             let mut sent = 0usize;
+            let stalled = std::sync::atomic::AtomicBool::new(true);
             let body = futures_util::StreamExt::then(body, move |chunk| {
                 let _still_in_flight = &in_flight;
                 let start = sent;
@@ -452,9 +455,21 @@ impl S3 for DevS3 {
                         sent += c.len();
                         apply_fault(c, start, fault.as_ref())
                     });
+                let stall = match fault {
+                    Some(Fault::Stall(ms))
+                        if start > 0
+                            && stalled.swap(false, std::sync::atomic::Ordering::Relaxed) =>
+                    {
+                        Duration::from_millis(ms)
+                    }
+                    _ => Duration::ZERO,
+                };
                 async move {
                     if !chunk_delay.is_zero() {
                         tokio::time::sleep(chunk_delay).await;
+                    }
+                    if !stall.is_zero() {
+                        tokio::time::sleep(stall).await;
                     }
                     chunk
                 }
