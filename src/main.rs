@@ -123,10 +123,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             kernel_root,
             work_dir,
         } => {
-            let cwd = match work_dir {
-                Some(d) => d,
-                None => std::env::current_dir().context("cannot determine the working folder")?,
-            };
+            let cwd = working_dir(work_dir)?;
             let Some(env) =
                 greengrass::Environment::from_vars(|k| std::env::var(k).ok(), kernel_root, cwd)
             else {
@@ -151,10 +148,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             kernel_root,
             work_dir,
         } => {
-            let cwd = match work_dir {
-                Some(d) => d,
-                None => std::env::current_dir().context("cannot determine the working folder")?,
-            };
+            let cwd = working_dir(work_dir)?;
             let loaded = match config {
                 Some(path) => Config::load_file(&path, &cwd)
                     .map(|p| (p.config, p.warnings))
@@ -256,6 +250,14 @@ fn report_once(result: Result<Summary, SyncError>, json: bool) -> ExitCode {
             eprintln!("error: {text}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--work-dir`, else the current folder.
+fn working_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match explicit {
+        Some(d) => Ok(d),
+        None => std::env::current_dir().context("cannot determine the working folder"),
     }
 }
 

@@ -714,15 +714,27 @@ impl S3Server {
     pub fn put_virtual_object(&self, bucket: &str, key: &str, data: impl Into<Bytes>) {
         let data: Bytes = data.into();
         let etag = hex::encode(Md5::digest(&data));
-        self.s3.shared().virtual_objects.insert(
-            (bucket.to_owned(), key.to_owned()),
-            VirtualObject {
-                data,
-                etag,
-                modified: crate::account::now(),
-                crc32: None,
-            },
-        );
+        self.insert_virtual(bucket, key, data, etag, None);
+    }
+
+    fn insert_virtual(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: Bytes,
+        etag: String,
+        crc32: Option<String>,
+    ) {
+        let object = VirtualObject {
+            data,
+            etag,
+            modified: crate::account::now(),
+            crc32,
+        };
+        self.s3
+            .shared()
+            .virtual_objects
+            .insert((bucket.to_owned(), key.to_owned()), object);
     }
 
     /// Like [`S3Server::put_virtual_object`], with a multipart-style ETag (so no MD5 check is
@@ -737,15 +749,7 @@ impl S3Server {
         let data: Bytes = data.into();
         let etag = format!("{}-{parts}", hex::encode(Md5::digest(&data)));
         let crc32 = aws_smithy_types::base64::encode(crc32fast::hash(&data).to_be_bytes());
-        self.s3.shared().virtual_objects.insert(
-            (bucket.to_owned(), key.to_owned()),
-            VirtualObject {
-                data,
-                etag,
-                modified: crate::account::now(),
-                crc32: Some(crc32),
-            },
-        );
+        self.insert_virtual(bucket, key, data, etag, Some(crc32));
     }
 
     /// Delays every GET by `delay` (fault injection).

@@ -527,16 +527,7 @@ impl Supervisor {
         self.next_pass = now() + interval;
         let doc = match result {
             Ok(summary) => {
-                tracing::info!(
-                    listed = summary.listed,
-                    downloaded = summary.downloaded,
-                    unchanged = summary.unchanged,
-                    skipped = summary.skipped,
-                    failed = summary.failed,
-                    bytes = summary.bytes,
-                    duration_ms = summary.duration_ms,
-                    "sync pass finished"
-                );
+                super::log_summary(&summary);
                 self.last_pass = Some(summary.clone());
                 StatusDocument::after_pass(&self.context().await, self.timestamp(), summary)
             }

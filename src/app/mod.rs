@@ -171,7 +171,7 @@ pub async fn run(
     Ok(())
 }
 
-fn log_summary(s: &Summary) {
+pub(crate) fn log_summary(s: &Summary) {
     let level_ok = s.is_success();
     let msg = "sync pass finished";
     if level_ok {

@@ -117,21 +117,28 @@ impl Source {
         Ok(Page { objects, next })
     }
 
+    /// A GetObject request for `key` in checksum mode: S3 returns x-amz-checksum-* and the SDK
+    /// verifies the body against it.
+    fn get_request(
+        &self,
+        key: &str,
+    ) -> aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+    }
+
     /// Starts a GET of `key`, conditional on the listed ETag so a concurrent overwrite is
     /// noticed instead of mixing versions.
     ///
     /// # Errors
     /// [`Error::ChangedDuringSync`] on 412, [`Error::Vanished`] on 404, and the other mappings.
     pub async fn get(&self, key: &str, if_match: &str) -> Result<GetObjectOutput, Error> {
-        // Checksum mode: S3 returns x-amz-checksum-* and the SDK verifies the body against it.
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .checksum_mode(ChecksumMode::Enabled);
-        if !if_match.is_empty() && !if_match.starts_with("lm:") {
-            req = req.if_match(format!("\"{if_match}\""));
+        let mut req = self.get_request(key);
+        if let Some(etag) = etag_header(if_match) {
+            req = req.if_match(etag);
         }
         req.send()
             .await
@@ -147,14 +154,9 @@ impl Source {
         key: &str,
         if_none_match: Option<&str>,
     ) -> Result<Option<GetObjectOutput>, Error> {
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .checksum_mode(ChecksumMode::Enabled);
-        if let Some(etag) = if_none_match {
-            req = req.if_none_match(format!("\"{etag}\""));
+        let mut req = self.get_request(key);
+        if let Some(etag) = if_none_match.and_then(etag_header) {
+            req = req.if_none_match(etag);
         }
         match req.send().await {
             Ok(out) => Ok(Some(out)),
@@ -174,14 +176,15 @@ impl Source {
         start: u64,
         end: u64,
     ) -> Result<GetObjectOutput, Error> {
+        // No checksum mode: S3 has no checksum for a range.
         let mut req = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .range(format!("bytes={start}-{end}"));
-        if !if_match.is_empty() && !if_match.starts_with("lm:") {
-            req = req.if_match(format!("\"{if_match}\""));
+        if let Some(etag) = etag_header(if_match) {
+            req = req.if_match(etag);
         }
         req.send()
             .await
@@ -244,6 +247,11 @@ impl Source {
             },
         }
     }
+}
+
+/// An ETag as a conditional header (quoted); `None` for no ETag or a stand-in (`lm:…`).
+fn etag_header(etag: &str) -> Option<String> {
+    (!etag.is_empty() && !etag.starts_with("lm:")).then(|| format!("\"{etag}\""))
 }
 
 /// The S3 operation an error came from.
