@@ -11,7 +11,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 
@@ -262,12 +262,30 @@ impl Drop for TempFile {
     }
 }
 
-/// Removes temporary files a killed process left under `root` (symlinks are not followed).
+/// How long a resumable partial download is kept for the same object version to come back.
+pub const RESUME_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Whether a file named `name` is a leftover to remove (pure): any plain temporary file, and
+/// resumable downloads untouched for [`RESUME_MAX_AGE`] (their object likely went for good).
+#[must_use]
+pub fn is_leftover(name: &str, modified: Option<SystemTime>, now: SystemTime) -> bool {
+    if !name.starts_with(TEMP_PREFIX) {
+        return false;
+    }
+    if name.contains(super::ranged::RESUME_MARK) {
+        return modified
+            .is_some_and(|m| now.duration_since(m).unwrap_or_default() > RESUME_MAX_AGE);
+    }
+    name.ends_with(TEMP_SUFFIX)
+}
+
+/// Removes temporary files a killed process left under `root` (symlinks are not followed),
+/// and resumable downloads abandoned for [`RESUME_MAX_AGE`].
 /// Returns how many were removed.
 ///
 /// # Errors
 /// [`Error::Io`] if a folder cannot be read.
-pub fn sweep_temp_files(root: &Path) -> Result<usize, Error> {
+pub fn sweep_temp_files(root: &Path, now: SystemTime) -> Result<usize, Error> {
     let mut removed = 0;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -285,11 +303,10 @@ pub fn sweep_temp_files(root: &Path) -> Result<usize, Error> {
             let name = name.to_string_lossy();
             if ft.is_dir() {
                 stack.push(entry.path());
-            } else if ft.is_file()
-                && name.starts_with(TEMP_PREFIX)
-                && name.ends_with(TEMP_SUFFIX)
-                && !name.contains(super::ranged::RESUME_MARK)
-            {
+            } else if ft.is_file() && {
+                let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
+                is_leftover(&name, modified, now)
+            } {
                 fs::remove_file(entry.path()).map_err(io_err("remove", &entry.path()))?;
                 removed += 1;
             }
@@ -367,12 +384,53 @@ mod tests {
     }
 
     #[test]
+    fn leftovers() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100 * 24 * 3600);
+        let day = Duration::from_secs(24 * 3600);
+        assert!(is_leftover(".gg-s3-sync.00ff.part", Some(now), now));
+        assert!(
+            !is_leftover(".gg-s3-sync.ab.resume.part", Some(now - day), now),
+            "recent partial kept"
+        );
+        assert!(is_leftover(
+            ".gg-s3-sync.ab.resume.part",
+            Some(now - 8 * day),
+            now
+        ));
+        assert!(is_leftover(
+            ".gg-s3-sync.ab.resume.json",
+            Some(now - 8 * day),
+            now
+        ));
+        assert!(!is_leftover("keep.part", Some(now - 8 * day), now));
+        assert!(
+            !is_leftover(".gg-s3-sync.ab.resume.json", None, now),
+            "unknown age is kept"
+        );
+    }
+
+    #[test]
     fn sweeps_only_temp_files() {
         let root = tempfile::tempdir().unwrap();
         fs::create_dir(root.path().join("d")).unwrap();
         fs::write(root.path().join("d/.gg-s3-sync.00ff.part"), b"x").unwrap();
         fs::write(root.path().join("d/keep.part"), b"x").unwrap();
-        assert_eq!(sweep_temp_files(root.path()).unwrap(), 1);
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        let old = root.path().join("d/.gg-s3-sync.aa.resume.part");
+        fs::write(&old, b"x").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(now - RESUME_MAX_AGE * 2)
+            .unwrap();
+        fs::write(root.path().join("d/.gg-s3-sync.bb.resume.part"), b"x").unwrap();
+        assert_eq!(sweep_temp_files(root.path(), now).unwrap(), 2);
+        assert!(!old.exists(), "abandoned partial download removed");
+        assert!(
+            root.path().join("d/.gg-s3-sync.bb.resume.part").exists(),
+            "recent one kept for resuming"
+        );
         assert!(root.path().join("d/keep.part").exists());
     }
 }

@@ -848,7 +848,7 @@ impl Syncer {
             source,
         })?;
         if !self.swept {
-            let n = local::sweep_temp_files(dir)?;
+            let n = local::sweep_temp_files(dir, self.clock.now())?;
             if n > 0 {
                 tracing::info!(
                     removed = n,
