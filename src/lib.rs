@@ -15,7 +15,7 @@
 //! - [`progress`]: the terminal progress bar of `once`.
 //! - [`check`]: the preflight doctor (`gg-s3-sync check`).
 //! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
-//! - [`clock`], [`backoff`]: injected time and retry policy.
+//! - [`clock`], [`backoff`], [`errtext`]: injected time, retry policy, error text.
 
 pub mod app;
 pub mod backoff;
@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod discovery;
+pub mod errtext;
 pub mod ipc;
 pub mod mqtt;
 pub mod progress;

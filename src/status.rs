@@ -78,6 +78,25 @@ pub struct Context {
     pub credentials_expiration: Option<String>,
 }
 
+impl Context {
+    /// The context of `config` (if any is valid yet); `thing_name` is used when the
+    /// configuration has none.
+    #[must_use]
+    pub fn new(
+        config: Option<&crate::config::Config>,
+        thing_name: Option<String>,
+        credentials_expiration: Option<String>,
+    ) -> Self {
+        Self {
+            thing_name: config.and_then(|c| c.thing_name.clone()).or(thing_name),
+            bucket: config.map(|c| c.bucket.clone()),
+            prefix: config.map(|c| c.prefix.clone()),
+            local_dir: config.map(|c| c.local_dir.display().to_string()),
+            credentials_expiration,
+        }
+    }
+}
+
 impl StatusDocument {
     fn new(cx: &Context, timestamp: String, state: State) -> Self {
         Self {

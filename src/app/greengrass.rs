@@ -556,16 +556,11 @@ impl Supervisor {
             Some(s) => s.credentials().expiration().await.map(rfc3339),
             None => None,
         };
-        let c = self.config.as_ref();
-        Context {
-            thing_name: c
-                .and_then(|c| c.thing_name.clone())
-                .or_else(|| self.env.thing_name.clone()),
-            bucket: c.map(|c| c.bucket.clone()),
-            prefix: c.map(|c| c.prefix.clone()),
-            local_dir: c.map(|c| c.local_dir.display().to_string()),
-            credentials_expiration: expiration,
-        }
+        Context::new(
+            self.config.as_ref(),
+            self.env.thing_name.clone(),
+            expiration,
+        )
     }
 
     /// Publishes to IoT Core and locally; failures are logged with the fix, never fatal.

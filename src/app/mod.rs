@@ -105,13 +105,11 @@ pub async fn run(
         let provider = syncer.credentials().clone();
         let config = config.clone();
         async move {
-            status::Context {
-                thing_name: config.thing_name.clone(),
-                bucket: Some(config.bucket.clone()),
-                prefix: Some(config.prefix.clone()),
-                local_dir: Some(config.local_dir.display().to_string()),
-                credentials_expiration: provider.expiration().await.map(rfc3339),
-            }
+            status::Context::new(
+                Some(&config),
+                None,
+                provider.expiration().await.map(rfc3339),
+            )
         }
     };
     let offline = |cx: &status::Context, last: Option<Summary>| {
@@ -172,29 +170,23 @@ pub async fn run(
 }
 
 pub(crate) fn log_summary(s: &Summary) {
-    let level_ok = s.is_success();
-    let msg = "sync pass finished";
-    if level_ok {
-        tracing::info!(
-            listed = s.listed,
-            downloaded = s.downloaded,
-            unchanged = s.unchanged,
-            skipped = s.skipped,
-            failed = s.failed,
-            bytes = s.bytes,
-            duration_ms = s.duration_ms,
-            "{msg}"
-        );
+    macro_rules! event {
+        ($level:ident, $msg:literal) => {
+            tracing::$level!(
+                listed = s.listed,
+                downloaded = s.downloaded,
+                unchanged = s.unchanged,
+                skipped = s.skipped,
+                failed = s.failed,
+                bytes = s.bytes,
+                duration_ms = s.duration_ms,
+                $msg
+            )
+        };
+    }
+    if s.is_success() {
+        event!(info, "sync pass finished");
     } else {
-        tracing::warn!(
-            listed = s.listed,
-            downloaded = s.downloaded,
-            unchanged = s.unchanged,
-            skipped = s.skipped,
-            failed = s.failed,
-            bytes = s.bytes,
-            duration_ms = s.duration_ms,
-            "{msg} with failures"
-        );
+        event!(warn, "sync pass finished with failures");
     }
 }

@@ -16,6 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::response::{classify_failure, parse_success, Context, Issued};
 use super::{Error, ProviderSettings};
+use crate::errtext::root_cause;
 
 /// Connect timeout for the credentials endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -282,12 +283,4 @@ fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
         cur = e.source();
     }
     None
-}
-
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = err;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }

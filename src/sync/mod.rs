@@ -247,18 +247,7 @@ impl Error {
     }
 }
 
-/// Formats an error with its whole source chain, `a: b: c`.
-#[must_use]
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cur = e.source();
-    }
-    text
-}
+pub use crate::errtext::chain;
 
 /// A problem with one key.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -427,11 +416,12 @@ impl SyncSettings {
             self.local_dir.display()
         );
         let digest = Md5::digest(id.as_bytes());
-        format!("gg-s3-sync-state-{}.jsonl", hex8(&digest[..8]))
+        format!("gg-s3-sync-state-{}.jsonl", hex(&digest[..8]))
     }
 }
 
-fn hex8(bytes: &[u8]) -> String {
+/// Lower-case hex of any bytes.
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -1210,7 +1200,7 @@ async fn download(
         });
     }
     if let (Some(h), Some(expected)) = (hasher, expected_md5) {
-        let actual = hex8(&h.finalize());
+        let actual = hex(&h.finalize());
         if actual != expected {
             return Err(Error::Corrupt {
                 key: remote.key.clone(),

@@ -18,9 +18,7 @@ use tokio::task::JoinSet;
 use super::local;
 use super::plan::{self, LocalFile, Remote, TEMP_PREFIX, TEMP_SUFFIX};
 use super::s3::Source;
-use super::{
-    body_error, chain, hex8, Error, Hooks, DISK_HEADROOM, OBJECT_ATTEMPTS, OBJECT_BACKOFF,
-};
+use super::{body_error, chain, hex, Error, Hooks, DISK_HEADROOM, OBJECT_ATTEMPTS, OBJECT_BACKOFF};
 
 /// Marks resumable files, which the start-up sweep keeps.
 pub(crate) const RESUME_MARK: &str = ".resume.";
@@ -40,7 +38,7 @@ struct Paths {
 }
 
 fn paths(dir: &Path, key: &str) -> Paths {
-    let id = hex8(&Md5::digest(key.as_bytes())[..8]);
+    let id = hex(&Md5::digest(key.as_bytes())[..8]);
     Paths {
         data: dir.join(format!(
             "{TEMP_PREFIX}{id}{}{}",
@@ -304,5 +302,5 @@ async fn md5_file(path: &Path) -> Result<String, Error> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex8(&hasher.finalize()))
+    Ok(hex(&hasher.finalize()))
 }

@@ -13,6 +13,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use super::plan::{normalize_etag, Remote};
 use super::Error;
 use crate::credentials::{self, IotCredentialsProvider};
+use crate::errtext::root_cause;
 
 /// Keys per ListObjectsV2 page (the S3 maximum).
 const PAGE_SIZE: i32 = 1000;
@@ -328,16 +329,6 @@ pub fn classify_service(
             message: message.to_owned(),
         },
     }
-}
-
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = err;
-    let mut text = cur.to_string();
-    while let Some(next) = cur.source() {
-        cur = next;
-        text = cur.to_string();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl Etag {
 
     fn text(&self) -> String {
         match self {
-            Self::Md5(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            Self::Md5(b) => super::hex(b),
             Self::Text(t) => t.to_string(),
         }
     }
