@@ -721,8 +721,9 @@ impl Syncer {
             };
             let dest = self.settings.local_dir.join(rel.as_str());
             let recorded = self.state.get(&key);
+            let on_disk = local::observe(&dest);
             let intact = recorded.as_ref().filter(|r| {
-                local::observe(&dest)
+                on_disk
                     == Some(plan::LocalFile {
                         size: r.size,
                         mtime_ns: r.mtime_ns,
@@ -731,14 +732,12 @@ impl Syncer {
             if dry_run {
                 // HeadObject needs only s3:GetObject and changes nothing.
                 match self.source.head(&key).await {
-                    Ok(remote) => {
-                        match plan::plan(&remote, recorded.as_ref(), local::observe(&dest)) {
-                            Action::Unchanged => summary.unchanged += 1,
-                            Action::Download(reason) => {
-                                planned(summary, "download", &key, Some(&rel), reason.to_string())
-                            }
+                    Ok(remote) => match plan::plan(&remote, recorded.as_ref(), on_disk) {
+                        Action::Unchanged => summary.unchanged += 1,
+                        Action::Download(reason) => {
+                            planned(summary, "download", &key, Some(&rel), reason.to_string())
                         }
-                    }
+                    },
                     Err(e) => planned(summary, "error", &key, Some(&rel), chain(&e)),
                 }
                 continue;
