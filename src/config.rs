@@ -528,7 +528,7 @@ impl Reader<'_> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::Number(n)) => Ok(Some(number_text(n))),
             Some(other) => {
                 self.fail::<()>(key, format!("expected a string, got {}", kind(other)));
                 Err(())
@@ -640,6 +640,7 @@ impl Reader<'_> {
                 for (i, item) in items.iter().enumerate() {
                     match item {
                         Value::String(s) if !s.is_empty() => out.push(s.clone()),
+                        Value::Number(n) => out.push(number_text(n)),
                         other => {
                             return self.fail(
                                 key,
@@ -705,6 +706,7 @@ impl Reader<'_> {
         let raw = match self.map.get(key) {
             None | Some(Value::Null) => return Some(Some(default.to_owned())),
             Some(Value::String(s)) => s.trim().to_owned(),
+            Some(Value::Number(n)) => number_text(n),
             Some(other) => {
                 return self.fail(key, format!("expected a topic string, got {}", kind(other)))
             }
@@ -867,6 +869,22 @@ impl Reader<'_> {
     }
 }
 
+/// A number given where text is expected, as the user wrote it. The classic nucleus parses
+/// cloud deployments with Gson, which turns every JSON number into a double: a prefix deployed
+/// as `2024` arrives as `2024.0` (and `007` cannot survive any JSON parser). A whole double is
+/// rendered without its `.0`; other numbers as JSON prints them.
+fn number_text(n: &serde_json::Number) -> String {
+    if let (None, None, Some(f)) = (n.as_u64(), n.as_i64(), n.as_f64()) {
+        // 2^53: beyond it a double no longer holds every whole number exactly.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        if f.fract() == 0.0 && f.abs() <= EXACT {
+            #[allow(clippy::cast_possible_truncation)]
+            return (f as i64).to_string();
+        }
+    }
+    n.to_string()
+}
+
 fn number_value(n: &serde_json::Number) -> Option<u64> {
     if let Some(u) = n.as_u64() {
         return Some(u);
@@ -949,6 +967,34 @@ mod tests {
         assert_eq!(c.sync_interval, Duration::from_secs(60));
         assert_eq!(c.max_concurrency, 4);
         assert!(c.s3_force_path_style);
+    }
+
+    /// The classic nucleus parses cloud deployments with Gson: every number is a double.
+    #[test]
+    fn gson_doubles_in_text_keys_keep_their_written_form() {
+        let mut v = base();
+        let m = v.as_object_mut().unwrap();
+        m.insert("prefix".into(), json!(2024.0));
+        m.insert("bucket".into(), json!(123_456.0));
+        m.insert("syncIntervalSeconds".into(), json!(600.0));
+        m.insert("triggerTopic".into(), json!(42.0));
+        let c = ok(&v).config;
+        assert_eq!(c.prefix, "2024/", "not 2024.0/");
+        assert_eq!(c.bucket, "123456");
+        assert_eq!(c.sync_interval, Duration::from_secs(600));
+        assert_eq!(c.trigger_topic.as_deref(), Some("42"));
+        let c = ok(&with("keys", json!([2024.0, "a.txt", 7.5]))).config;
+        assert_eq!(
+            c.source,
+            SourceMode::Keys(vec!["2024".into(), "a.txt".into(), "7.5".into()])
+        );
+        assert_eq!(number_text(&serde_json::Number::from(-3)), "-3");
+        let huge = serde_json::Number::from_f64(1.0e20).unwrap();
+        assert_eq!(
+            number_text(&huge),
+            "1e+20",
+            "not exact: left as JSON prints it"
+        );
     }
 
     #[test]

@@ -14,38 +14,81 @@
 //! | `certificateFilePath` | `system.certificateFilePath`, `<root>/thingCert.crt` |
 //! | `privateKeyPath` | `system.privateKeyPath`, `<root>/privKey.key` |
 //!
-//! `system.*` comes from `<root>/config/effectiveConfig.yaml`; the `<root>/…` names are where
-//! the Greengrass installer puts the files.
+//! "Nucleus" keys are read over IPC from `aws.greengrass.Nucleus` (the classic nucleus, and lite
+//! after v2.6.0) or else `aws.greengrass.NucleusLite` (released lite answers only to that name).
+//! `system.*` is not readable over IPC on either nucleus. The classic nucleus writes it to
+//! `<root>/config/effectiveConfig.yaml`; lite keeps it in `/etc/greengrass/config.yaml` plus the
+//! files of `/etc/greengrass/config.d/`, which ggconfigd merges in that order, the later file
+//! winning (`modules/ggconfigd/bin/ggconfigd.c`, `config_load.c`: every regular file of the folder
+//! in directory order, symlinks skipped). The `<root>/…` names are where the classic installer
+//! puts the files.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+/// A value and the file (and key) it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The value.
+    pub value: String,
+    /// Where it was read, e.g. `/etc/greengrass/config.d/certs.yaml system.privateKeyPath`.
+    pub source: String,
+}
+
+impl Found {
+    /// A value from `source`.
+    #[must_use]
+    pub fn new(value: &str, source: &str) -> Self {
+        Self {
+            value: value.to_owned(),
+            source: source.to_owned(),
+        }
+    }
+}
+
 /// The nucleus's `system` section (certificate paths are not readable over IPC).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SystemConfig {
     /// `system.certificateFilePath`.
-    pub certificate_file_path: Option<String>,
+    pub certificate_file_path: Option<Found>,
     /// `system.privateKeyPath`.
-    pub private_key_path: Option<String>,
+    pub private_key_path: Option<Found>,
     /// `system.rootCaPath`.
-    pub root_ca_path: Option<String>,
+    pub root_ca_path: Option<Found>,
     /// `system.thingName`.
-    pub thing_name: Option<String>,
+    pub thing_name: Option<Found>,
 }
 
-/// Parses `effectiveConfig.yaml` (YAML).
+impl SystemConfig {
+    /// Layers `other` over `self`: each key `other` sets wins.
+    #[must_use]
+    pub fn overlaid_with(self, other: Self) -> Self {
+        Self {
+            certificate_file_path: other.certificate_file_path.or(self.certificate_file_path),
+            private_key_path: other.private_key_path.or(self.private_key_path),
+            root_ca_path: other.root_ca_path.or(self.root_ca_path),
+            thing_name: other.thing_name.or(self.thing_name),
+        }
+    }
+}
+
+/// Parses one nucleus configuration file (YAML) with a `system` section; `origin` names the
+/// file in the sources.
 ///
 /// # Errors
 /// The parser's message if the text is not YAML.
-pub fn parse_effective_config(text: &str) -> Result<SystemConfig, String> {
+pub fn parse_system_section(text: &str, origin: &str) -> Result<SystemConfig, String> {
     let v: Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     let get = |k: &str| {
         v.get("system")
             .and_then(|s| s.get(k))
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Found {
+                value: s.trim().to_owned(),
+                source: format!("{origin} system.{k}"),
+            })
     };
     Ok(SystemConfig {
         certificate_file_path: get("certificateFilePath"),
@@ -55,22 +98,46 @@ pub fn parse_effective_config(text: &str) -> Result<SystemConfig, String> {
     })
 }
 
+/// Parses the classic nucleus's `effectiveConfig.yaml`.
+///
+/// # Errors
+/// The parser's message if the text is not YAML.
+pub fn parse_effective_config(text: &str) -> Result<SystemConfig, String> {
+    parse_system_section(text, "effectiveConfig.yaml")
+}
+
+/// Merges lite's configuration files, given in ggconfigd's load order (`config.yaml`, then the
+/// `config.d` files in directory order): a later file's key wins. A file that is not YAML is
+/// skipped with its error, as ggconfigd skips it ("Failed to parse config file").
+#[must_use]
+pub fn merge_lite_config(files: &[(String, String)]) -> (SystemConfig, Vec<String>) {
+    let mut merged = SystemConfig::default();
+    let mut problems = Vec::new();
+    for (origin, text) in files {
+        match parse_system_section(text, origin) {
+            Ok(layer) => merged = merged.overlaid_with(layer),
+            Err(e) => problems.push(format!("{origin}: {e}")),
+        }
+    }
+    (merged, problems)
+}
+
 /// What the device tells about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
-    /// Nucleus `iotCredEndpoint`.
-    pub nucleus_cred_endpoint: Option<String>,
+    /// Nucleus `iotCredEndpoint` (with the component that answered).
+    pub nucleus_cred_endpoint: Option<Found>,
     /// Nucleus `awsRegion`.
-    pub nucleus_region: Option<String>,
+    pub nucleus_region: Option<Found>,
     /// Nucleus `iotRoleAlias`.
-    pub nucleus_role_alias: Option<String>,
+    pub nucleus_role_alias: Option<Found>,
     /// `AWS_IOT_THING_NAME`.
     pub env_thing_name: Option<String>,
     /// `AWS_REGION`.
     pub env_region: Option<String>,
     /// `GG_ROOT_CA_PATH`.
     pub env_root_ca: Option<String>,
-    /// From `effectiveConfig.yaml`.
+    /// From `effectiveConfig.yaml` (classic) or lite's `config.yaml` + `config.d`.
     pub system: SystemConfig,
     /// `{kernel:rootPath}`.
     pub kernel_root: Option<PathBuf>,
@@ -106,28 +173,25 @@ pub fn resolve(component: &Value, facts: &Facts) -> Resolved {
             .as_deref()
             .map(|r| path_string(&r.join(name)))
     };
+    let found = |f: &Option<Found>| -> Candidate {
+        f.as_ref().map_or((None, String::new()), |f| {
+            (Some(f.value.clone()), f.source.clone())
+        })
+    };
+    let sys = &facts.system;
     let candidates: [(&'static str, Vec<Candidate>); 7] = [
         (
             "credentialsEndpoint",
-            vec![(
-                facts.nucleus_cred_endpoint.clone(),
-                "nucleus iotCredEndpoint".into(),
-            )],
+            vec![found(&facts.nucleus_cred_endpoint)],
         ),
         (
             "region",
             vec![
-                (facts.nucleus_region.clone(), "nucleus awsRegion".into()),
+                found(&facts.nucleus_region),
                 (facts.env_region.clone(), "env AWS_REGION".into()),
             ],
         ),
-        (
-            "roleAlias",
-            vec![(
-                facts.nucleus_role_alias.clone(),
-                "nucleus iotRoleAlias".into(),
-            )],
-        ),
+        ("roleAlias", vec![found(&facts.nucleus_role_alias)]),
         (
             "thingName",
             vec![
@@ -135,40 +199,28 @@ pub fn resolve(component: &Value, facts: &Facts) -> Resolved {
                     facts.env_thing_name.clone(),
                     "env AWS_IOT_THING_NAME".into(),
                 ),
-                (
-                    facts.system.thing_name.clone(),
-                    "effectiveConfig.yaml system.thingName".into(),
-                ),
+                found(&sys.thing_name),
             ],
         ),
         (
             "rootCaPath",
             vec![
                 (facts.env_root_ca.clone(), "env GG_ROOT_CA_PATH".into()),
-                (
-                    facts.system.root_ca_path.clone(),
-                    "effectiveConfig.yaml system.rootCaPath".into(),
-                ),
+                found(&sys.root_ca_path),
                 (root("rootCA.pem"), "installer default".into()),
             ],
         ),
         (
             "certificateFilePath",
             vec![
-                (
-                    facts.system.certificate_file_path.clone(),
-                    "effectiveConfig.yaml system.certificateFilePath".into(),
-                ),
+                found(&sys.certificate_file_path),
                 (root("thingCert.crt"), "installer default".into()),
             ],
         ),
         (
             "privateKeyPath",
             vec![
-                (
-                    facts.system.private_key_path.clone(),
-                    "effectiveConfig.yaml system.privateKeyPath".into(),
-                ),
+                found(&sys.private_key_path),
                 (root("privKey.key"), "installer default".into()),
             ],
         ),
@@ -208,19 +260,36 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn f(value: &str, source: &str) -> Option<Found> {
+        Some(Found {
+            value: value.into(),
+            source: source.into(),
+        })
+    }
+
     fn facts() -> Facts {
+        let nucleus = |k: &str| format!("nucleus {k} (aws.greengrass.Nucleus)");
         Facts {
-            nucleus_cred_endpoint: Some("c.credentials.iot.eu-west-1.amazonaws.com".into()),
-            nucleus_region: Some("eu-west-1".into()),
-            nucleus_role_alias: Some("GreengrassV2TokenExchangeRoleAlias".into()),
+            nucleus_cred_endpoint: f(
+                "c.credentials.iot.eu-west-1.amazonaws.com",
+                &nucleus("iotCredEndpoint"),
+            ),
+            nucleus_region: f("eu-west-1", &nucleus("awsRegion")),
+            nucleus_role_alias: f(
+                "GreengrassV2TokenExchangeRoleAlias",
+                &nucleus("iotRoleAlias"),
+            ),
             env_thing_name: Some("env-thing".into()),
             env_region: Some("us-east-1".into()),
             env_root_ca: None,
             system: SystemConfig {
-                certificate_file_path: Some("/gg/cert.pem".into()),
+                certificate_file_path: f(
+                    "/gg/cert.pem",
+                    "effectiveConfig.yaml system.certificateFilePath",
+                ),
                 private_key_path: None,
-                root_ca_path: Some("/gg/ca.pem".into()),
-                thing_name: Some("sys-thing".into()),
+                root_ca_path: f("/gg/ca.pem", "effectiveConfig.yaml system.rootCaPath"),
+                thing_name: f("sys-thing", "effectiveConfig.yaml system.thingName"),
             },
             kernel_root: Some("/greengrass/v2".into()),
         }
@@ -280,8 +349,52 @@ mod tests {
     fn parses_effective_config() {
         let text = "system:\n  certificateFilePath: /g/thingCert.crt\n  privateKeyPath: \"/g/privKey.key\"\n  rootCaPath: /g/rootCA.pem\n  thingName: t1\n  rootpath: /g\nservices:\n  aws.greengrass.Nucleus:\n    configuration: {}\n";
         let s = parse_effective_config(text).unwrap();
-        assert_eq!(s.certificate_file_path.as_deref(), Some("/g/thingCert.crt"));
-        assert_eq!(s.thing_name.as_deref(), Some("t1"));
+        assert_eq!(s.certificate_file_path.unwrap().value, "/g/thingCert.crt");
+        assert_eq!(s.thing_name.unwrap().value, "t1");
         assert!(parse_effective_config("system: [").is_err());
+    }
+
+    /// Lite: `config.yaml`, then `config.d` files in ggconfigd's order; the later file wins, a
+    /// broken file is skipped (and named), and every value says which file it came from.
+    #[test]
+    fn merges_lite_config_files_in_load_order() {
+        let files = vec![
+            (
+                "/etc/greengrass/config.yaml".to_owned(),
+                "system:\n  privateKeyPath: /var/lib/greengrass/key.pem\n  certificateFilePath: /var/lib/greengrass/cert.pem\n  rootCaPath: /var/lib/greengrass/ca.pem\n  thingName: lite-thing\nservices:\n  aws.greengrass.NucleusLite:\n    configuration:\n      awsRegion: us-west-2\n".to_owned(),
+            ),
+            (
+                "/etc/greengrass/config.d/broken.yaml".to_owned(),
+                "system: [".to_owned(),
+            ),
+            (
+                "/etc/greengrass/config.d/tpm.yaml".to_owned(),
+                "system:\n  privateKeyPath: /secure/device.key\n".to_owned(),
+            ),
+        ];
+        let (s, problems) = merge_lite_config(&files);
+        let key = s.private_key_path.unwrap();
+        assert_eq!(key.value, "/secure/device.key");
+        assert_eq!(
+            key.source,
+            "/etc/greengrass/config.d/tpm.yaml system.privateKeyPath"
+        );
+        assert_eq!(
+            s.certificate_file_path.unwrap().source,
+            "/etc/greengrass/config.yaml system.certificateFilePath"
+        );
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("/etc/greengrass/config.d/broken.yaml: "));
+        // Resolved into the configuration with the lite file named as the source.
+        let facts = Facts {
+            system: merge_lite_config(&files).0,
+            ..Facts::default()
+        };
+        let r = resolve(&json!({}), &facts);
+        assert_eq!(r.document["privateKeyPath"], "/secure/device.key");
+        assert_eq!(
+            source(&r, "rootCaPath"),
+            "/etc/greengrass/config.yaml system.rootCaPath"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use gg_s3_sync::config::{Config, KNOWN_KEYS};
-use gg_s3_sync::discovery::{resolve, Facts};
+use gg_s3_sync::discovery::{resolve, Facts, Found};
 use serde_json::{json, Value};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -160,9 +160,12 @@ fn default_configuration_values_parse_once_a_deployment_sets_bucket_and_local_di
     c.insert("bucket".into(), json!("my-bucket"));
     c.insert("localDir".into(), json!("/var/lib/sync"));
     let facts = Facts {
-        nucleus_cred_endpoint: Some("x.credentials.iot.us-east-1.amazonaws.com".into()),
-        nucleus_region: Some("us-east-1".into()),
-        nucleus_role_alias: Some("GreengrassV2TokenExchangeRoleAlias".into()),
+        nucleus_cred_endpoint: Some(Found::new(
+            "x.credentials.iot.us-east-1.amazonaws.com",
+            "nucleus",
+        )),
+        nucleus_region: Some(Found::new("us-east-1", "nucleus")),
+        nucleus_role_alias: Some(Found::new("GreengrassV2TokenExchangeRoleAlias", "nucleus")),
         env_thing_name: Some("thing-1".into()),
         kernel_root: Some("/greengrass/v2".into()),
         ..Facts::default()

@@ -38,8 +38,10 @@ const DEFER_RECHECK: Duration = Duration::from_secs(5);
 /// Deferral message shown in the deployment's status.
 const DEFER_MESSAGE: &str =
     "gg-s3-sync: a sync pass is in progress; the update proceeds when it finishes";
-/// The nucleus's own configuration.
-const NUCLEUS: &str = "aws.greengrass.Nucleus";
+/// The nucleus's own configuration: the classic name first, then released lite's.
+const NUCLEUS_NAMES: [&str; 2] = ["aws.greengrass.Nucleus", "aws.greengrass.NucleusLite"];
+/// Where nucleus lite keeps its configuration (`ggconfigd -c`/`-C` defaults).
+pub const LITE_CONFIG_DIR: &str = "/etc/greengrass";
 
 /// Greengrass-mode failures that end the process.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,9 @@ pub struct Environment {
     pub region: Option<String>,
     /// `GG_ROOT_CA_PATH`.
     pub root_ca: Option<String>,
+    /// Nucleus lite's configuration folder (`config.yaml`, `config.d/`): [`LITE_CONFIG_DIR`],
+    /// or `GG_S3_SYNC_LITE_CONFIG_DIR` where ggconfigd was started with other paths.
+    pub lite_config_dir: PathBuf,
 }
 
 impl Environment {
@@ -98,6 +103,8 @@ impl Environment {
             thing_name: non_empty("AWS_IOT_THING_NAME"),
             region: non_empty("AWS_REGION").or_else(|| non_empty("AWS_DEFAULT_REGION")),
             root_ca: non_empty("GG_ROOT_CA_PATH"),
+            lite_config_dir: non_empty("GG_S3_SYNC_LITE_CONFIG_DIR")
+                .map_or_else(|| PathBuf::from(LITE_CONFIG_DIR), PathBuf::from),
         })
     }
 }
@@ -184,49 +191,91 @@ pub async fn run(
 
 /// Reads the nucleus configuration keys and files discovery needs.
 async fn gather_facts(ipc: &IpcClient, env: &Environment) -> Result<Facts, Error> {
-    let nucleus = |key: &'static str| {
-        let ipc = ipc.clone();
-        async move {
-            match ipc.get_configuration(Some(NUCLEUS), &[key]).await {
-                Ok(v) => Ok(v
-                    .get(key)
-                    .and_then(|x| x.as_str())
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)),
-                Err(e) if e.is_connection_error() => Err(e),
+    let mut system = discovery::SystemConfig::default();
+    if let Some(root) = &env.kernel_root {
+        let path = root.join("config").join("effectiveConfig.yaml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match discovery::parse_effective_config(&text) {
+                Ok(s) => system = s,
                 Err(e) => {
-                    tracing::debug!(key, error = %chain(&e), "nucleus configuration key not available");
-                    Ok(None)
-                }
-            }
-        }
-    };
-    let system = match &env.kernel_root {
-        Some(root) => {
-            let path = root.join("config").join("effectiveConfig.yaml");
-            match std::fs::read_to_string(&path) {
-                Ok(text) => discovery::parse_effective_config(&text).unwrap_or_else(|e| {
                     tracing::warn!(path = %path.display(), error = %e, "cannot parse the nucleus configuration");
-                    discovery::SystemConfig::default()
-                }),
-                Err(e) => {
-                    tracing::debug!(path = %path.display(), error = %e, "nucleus configuration not readable");
-                    discovery::SystemConfig::default()
                 }
+            },
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "no classic nucleus configuration");
             }
         }
-        None => discovery::SystemConfig::default(),
-    };
+    }
+    let (lite, problems) = discovery::merge_lite_config(&read_lite_config(&env.lite_config_dir));
+    for p in problems {
+        tracing::warn!(problem = %p, "cannot parse a nucleus lite configuration file; ggconfigd skips it too");
+    }
+    // The classic file first: a device has one nucleus, and its own file is the better witness.
+    let system = lite.overlaid_with(system);
     Ok(Facts {
-        nucleus_cred_endpoint: nucleus("iotCredEndpoint").await?,
-        nucleus_region: nucleus("awsRegion").await?,
-        nucleus_role_alias: nucleus("iotRoleAlias").await?,
+        nucleus_cred_endpoint: nucleus_key(ipc, "iotCredEndpoint").await?,
+        nucleus_region: nucleus_key(ipc, "awsRegion").await?,
+        nucleus_role_alias: nucleus_key(ipc, "iotRoleAlias").await?,
         env_thing_name: env.thing_name.clone(),
         env_region: env.region.clone(),
         env_root_ca: env.root_ca.clone(),
         system,
         kernel_root: env.kernel_root.clone(),
     })
+}
+
+/// A key of the nucleus's configuration: `aws.greengrass.Nucleus` (the classic nucleus; lite
+/// after v2.6.0 aliases it), else `aws.greengrass.NucleusLite` (released lite knows only that
+/// name and answers ResourceNotFoundError for the other). Values loaded from lite's YAML are
+/// strings; anything else that is not a non-empty string counts as absent.
+async fn nucleus_key(
+    ipc: &IpcClient,
+    key: &'static str,
+) -> Result<Option<discovery::Found>, Error> {
+    for component in NUCLEUS_NAMES {
+        match ipc.get_configuration(Some(component), &[key]).await {
+            Ok(v) => {
+                if let Some(value) = v
+                    .get(key)
+                    .and_then(|x| x.as_str())
+                    .filter(|s| !s.trim().is_empty())
+                {
+                    return Ok(Some(discovery::Found {
+                        value: value.trim().to_owned(),
+                        source: format!("nucleus {key} ({component})"),
+                    }));
+                }
+            }
+            Err(e) if e.is_connection_error() => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(component, key, error = %chain(&e), "nucleus configuration key not available");
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Lite's configuration files in ggconfigd's load order: `config.yaml`, then each regular file
+/// of `config.d` in directory order (ggconfigd reads it with readdir and skips anything that is
+/// not `DT_REG`, symlinks included). Unreadable files are left out (logged at debug: on the
+/// classic nucleus none of them exist).
+fn read_lite_config(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut read = |path: PathBuf| match std::fs::read_to_string(&path) {
+        Ok(text) => files.push((path.display().to_string(), text)),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "nucleus lite configuration not readable")
+        }
+    };
+    read(dir.join("config.yaml"));
+    if let Ok(entries) = std::fs::read_dir(dir.join("config.d")) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                read(entry.path());
+            }
+        }
+    }
+    files
 }
 
 /// Connects and reads, resolves and validates the configuration once (for `check`).
