@@ -30,6 +30,8 @@ pub const DEFAULT_RANGED_THRESHOLD: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_DELETE_PERCENT: u64 = 50;
 /// Default `syncJitterPercent`.
 pub const DEFAULT_SYNC_JITTER_PERCENT: u64 = 10;
+/// Default `maxDeferSeconds`: a pass may hold a component update back for 10 minutes at most.
+pub const DEFAULT_MAX_DEFER_SECS: u64 = 600;
 /// Upper bound of `syncIntervalSeconds` (one week).
 pub const MAX_SYNC_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 
@@ -64,6 +66,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mqtt",
     "bandwidthLimitBytesPerSec",
     "rangedDownloadThresholdBytes",
+    "maxDeferSeconds",
 ];
 
 /// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
@@ -275,6 +278,8 @@ pub struct Config {
     /// `rangedDownloadThresholdBytes`: larger objects are fetched in parallel ranged parts
     /// (half this size each) and resume after interruptions; 0 disables.
     pub ranged_threshold: u64,
+    /// `maxDeferSeconds`: how long a running pass may hold back a component update (Greengrass).
+    pub max_defer: Duration,
 }
 
 /// `mqtt`: status over MQTT with the device certificate, for devices without Greengrass.
@@ -438,6 +443,7 @@ impl Config {
                     )
                 }
             });
+        let max_defer = r.number("maxDeferSeconds", DEFAULT_MAX_DEFER_SECS, 0, 86_400);
         let refresh_ahead = r.number(
             "credentialsRefreshAheadSeconds",
             DEFAULT_REFRESH_AHEAD_SECS,
@@ -479,6 +485,7 @@ impl Config {
                 mqtt: mqtt?,
                 bandwidth_limit: bandwidth_limit?,
                 ranged_threshold: ranged_threshold?,
+                max_defer: Duration::from_secs(max_defer?),
             })
         })();
         config

@@ -213,7 +213,7 @@ fn report_once(result: Result<Summary, SyncError>, json: bool) -> ExitCode {
                     summary.listed, summary.downloaded, summary.bytes, summary.unchanged,
                     summary.skipped, summary.failed, summary.duration_ms
                 );
-                for p in &summary.planned {
+                for p in summary.planned.iter().flatten() {
                     println!(
                         "  would {} {}{}: {}",
                         p.action,

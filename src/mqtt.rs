@@ -73,6 +73,9 @@ impl Mqtt {
             settings.endpoint.port,
         );
         options.set_keep_alive(Duration::from_secs(30));
+        // rumqttc refuses publishes over 10 KiB by default, and a refused publish drops the
+        // connection (and fires the OFFLINE last will). AWS IoT Core takes 128 KiB.
+        options.set_max_packet_size(IOT_CORE_MAX_PACKET, IOT_CORE_MAX_PACKET);
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
         if let Some(topic) = &status_topic {
             options.set_last_will(LastWill::new(topic, offline, QoS::AtLeastOnce, false));
@@ -169,6 +172,9 @@ impl Mqtt {
         let _ = self.driver.await;
     }
 }
+
+/// AWS IoT Core's MQTT message size limit (128 KiB), for both directions.
+pub const IOT_CORE_MAX_PACKET: usize = 128 * 1024;
 
 /// MQTT filter match (`+` one level, `#` the rest).
 #[must_use]

@@ -5,10 +5,22 @@
 
 use serde::Serialize;
 
+use crate::sync::summary::shorten;
 use crate::sync::Summary;
 
 /// Version of the document's shape; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The most bytes an encoded status document takes, whatever the sink.
+///
+/// The tightest sink is nucleus lite: ggipcd accepts an IPC frame of at most 10,000 bytes after
+/// its prelude (`GGL_IPC_MAX_MSG_LEN`, modules/ggipcd/src/ipc_server.h) and closes the connection
+/// on a larger one, and `PublishToIoTCore` carries the document in base64 (4/3 of its size)
+/// beside a topic of up to 256 bytes and about 300 bytes of headers and JSON: 6,500 × 4/3 +
+/// 256 + 300 ≈ 9,230. Local pub/sub and MQTT (IoT Core takes 128 KiB) have more room.
+pub const MAX_DOCUMENT_BYTES: usize = 6_500;
+/// `error.message` is shortened to this many characters.
+pub const MAX_ERROR_CHARS: usize = 1_000;
 
 /// The component's overall condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +73,9 @@ pub struct StatusDocument {
     pub error: Option<ErrorInfo>,
     /// When the cached credentials expire (RFC 3339); never the credentials themselves.
     pub credentials_expiration: Option<String>,
+    /// Whether something was left out to stay within [`MAX_DOCUMENT_BYTES`]: list entries
+    /// (`lastPass.failed` and `lastPass.skipped` keep the totals) or the end of a long text.
+    pub truncated: bool,
 }
 
 /// What a document is about.
@@ -112,7 +127,31 @@ impl StatusDocument {
             last_pass: None,
             error: None,
             credentials_expiration: cx.credentials_expiration.clone(),
+            truncated: false,
         }
+    }
+
+    /// The document as sent to every sink: JSON of at most [`MAX_DOCUMENT_BYTES`] bytes.
+    /// Texts are shortened and list entries dropped (from the end) until it fits; `truncated`
+    /// says so.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut doc = self.clone();
+        if let Some(e) = &mut doc.error {
+            let (message, cut) = shorten(&e.message, MAX_ERROR_CHARS);
+            e.message = message;
+            doc.truncated |= cut;
+        }
+        // The bytes left for the summary once the rest of the document is written.
+        if let Some(pass) = doc.last_pass.take() {
+            let rest = serde_json::to_vec(&doc).map_or(0, |v| v.len());
+            let mut pass = pass;
+            pass.planned = None;
+            pass.shrink_to(MAX_DOCUMENT_BYTES.saturating_sub(rest + "lastPass".len()));
+            doc.truncated |= pass.truncated;
+            doc.last_pass = Some(pass);
+        }
+        serde_json::to_vec(&doc).unwrap_or_default()
     }
 
     /// After a pass that ran to the end.
@@ -206,7 +245,8 @@ mod tests {
             finished_at: "2026-11-29T00:00:01Z".into(),
             failures: Vec::new(),
             skipped_keys: Vec::new(),
-            planned: Vec::new(),
+            truncated: false,
+            planned: None,
         }
     }
 

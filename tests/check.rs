@@ -182,6 +182,7 @@ async fn works_in_greengrass_mode() {
         "bucket": env.bucket(), "localDir": env.local, "roleAlias": env.stack.options.role_alias,
         "s3EndpointUrl": env.stack.s3.url(), "s3ForcePathStyle": "true",
         "certificateFilePath": env.stack.device.cert_path, "privateKeyPath": env.stack.device.key_path,
+        "accessControl": devstack::nucleus::recipe_access_control("com.example.S3Sync"),
     }));
     let out = tokio::task::block_in_place(|| {
         Command::new(bin())

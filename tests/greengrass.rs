@@ -41,6 +41,11 @@ async fn setup(config: Value) -> Gg {
         "awsRegion": "us-east-1",
         "iotRoleAlias": env.stack.options.role_alias,
     }));
+    let mut config = config;
+    if config.get("accessControl").is_none() {
+        // What the recipe's DefaultConfiguration gives a deployment.
+        config["accessControl"] = devstack::nucleus::recipe_access_control(COMPONENT);
+    }
     let token = nucleus.register_component(COMPONENT, config);
     Gg {
         env,
@@ -164,7 +169,6 @@ async fn runs_as_a_greengrass_component() {
         "roleAlias": "",
         "s3EndpointUrl": "",
         "syncIntervalSeconds": "3600",
-        "accessControl": {"aws.greengrass.ipc.pubsub": {}},
     }))
     .await;
     gg.nucleus.update_configuration(

@@ -3,18 +3,24 @@
 
 use std::time::Duration;
 
-use devstack::nucleus::FakeNucleus;
+use devstack::nucleus::{FakeNucleus, Personality};
 use gg_s3_sync::ipc::model::LifecycleState;
 use gg_s3_sync::ipc::{Error, IpcClient};
 use serde_json::json;
 
 async fn setup() -> (tempfile::TempDir, FakeNucleus, IpcClient) {
+    setup_as(Personality::Classic).await
+}
+
+async fn setup_as(personality: Personality) -> (tempfile::TempDir, FakeNucleus, IpcClient) {
     let dir = tempfile::tempdir().unwrap();
-    let n = FakeNucleus::start(dir.path()).await.unwrap();
+    let n = FakeNucleus::start_as(dir.path(), personality)
+        .await
+        .unwrap();
     n.set_nucleus_config(json!({"iotCredEndpoint": "x.credentials.iot.us-east-1.amazonaws.com"}));
     let token = n.register_component(
         "com.example.Sync",
-        json!({"bucket": "b", "nested": {"k": 1}}),
+        json!({"bucket": "b", "nested": {"k": 1}, "accessControl": devstack::nucleus::allow_all_access_control()}),
     );
     let c = IpcClient::connect(n.socket(), &token).await.unwrap();
     (dir, n, c)
@@ -23,9 +29,14 @@ async fn setup() -> (tempfile::TempDir, FakeNucleus, IpcClient) {
 #[tokio::test(flavor = "multi_thread")]
 async fn unary_operations() {
     let (_d, n, c) = setup().await;
+    let whole = c.get_configuration(None, &[]).await.unwrap();
     assert_eq!(
-        c.get_configuration(None, &[]).await.unwrap(),
-        json!({"bucket": "b", "nested": {"k": 1}})
+        (&whole["bucket"], &whole["nested"]),
+        (&json!("b"), &json!({"k": 1}))
+    );
+    assert!(
+        whole.get("accessControl").is_some(),
+        "both nuclei return accessControl with the whole configuration"
     );
     assert_eq!(
         c.get_configuration(None, &["bucket"]).await.unwrap(),
@@ -203,4 +214,87 @@ async fn pings_are_answered_and_protocol_errors_fail_pending_calls() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Lite binds a subscription before it answers: an event may come first. The client queues it
+/// as the first event instead of taking it for the response.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_before_the_subscription_response_is_the_first_event() {
+    let (_d, n, c) = setup_as(Personality::Lite).await;
+    n.event_before_next_response("gg-s3-sync/sync-now", json!({"early": true}));
+    let mut topic = c
+        .subscribe_to_topic("gg-s3-sync/sync-now")
+        .await
+        .expect("an early event is not a bad response");
+    let m = topic.next().await.unwrap().unwrap();
+    assert_eq!(m.json_message.unwrap().message, json!({"early": true}));
+    assert!(!c.is_closed());
+}
+
+/// The classic nucleus takes DeferComponentUpdate only as the answer to an outstanding
+/// preUpdateEvent (LifecycleIPCEventStreamAgent.deferComponentUpdate).
+#[tokio::test(flavor = "multi_thread")]
+async fn classic_refuses_a_deferral_nobody_asked_for() {
+    let (_d, _n, c) = setup().await;
+    let _updates = c.subscribe_to_component_updates().await.unwrap();
+    let e = c
+        .defer_component_update("dep-1", None, 0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Operation { code, message, .. }
+            if code == "ServiceError" && message.contains("Time limit to respond to PreComponentUpdateEvent exceeded")),
+        "{e:?}"
+    );
+    assert!(!c.is_closed(), "an error, not a lost connection");
+}
+
+/// Lite (v2.6.0): the nucleus's keys only under aws.greengrass.NucleusLite, no component-update
+/// operations, a 10,012-byte frame limit that closes the connection, and JSON deliveries that
+/// do not fit the subscriber's decode arena are dropped with the subscription.
+#[tokio::test(flavor = "multi_thread")]
+async fn lite_personality_behaves_like_nucleus_lite() {
+    let (_d, n, c) = setup_as(Personality::Lite).await;
+    let e = c
+        .get_configuration(Some("aws.greengrass.Nucleus"), &["iotCredEndpoint"])
+        .await
+        .unwrap_err();
+    assert!(e.is_resource_not_found(), "{e:?}");
+    assert_eq!(
+        c.get_configuration(Some("aws.greengrass.NucleusLite"), &["iotCredEndpoint"])
+            .await
+            .unwrap(),
+        json!({"iotCredEndpoint": "x.credentials.iot.us-east-1.amazonaws.com"})
+    );
+    assert!(matches!(
+        c.subscribe_to_component_updates().await,
+        Err(Error::Operation { ref code, .. }) if code == "ServiceError"
+    ));
+
+    // Deliveries: 22 keys fit lite's arena, 24 do not (measured on lite); binary always fits.
+    let flat =
+        |k: usize| serde_json::Value::Object((0..k).map(|i| (format!("k{i}"), json!(i))).collect());
+    let mut sub = c.subscribe_to_topic("t").await.unwrap();
+    c.publish_to_topic("t", flat(22)).await.unwrap();
+    assert!(sub.next().await.unwrap().unwrap().json_message.is_some());
+    c.publish_binary_to_topic("t", br#"{"big":true}"#)
+        .await
+        .unwrap();
+    let b = sub.next().await.unwrap().unwrap();
+    assert!(b.binary_message.is_some());
+    c.publish_to_topic("t", flat(24)).await.unwrap();
+    assert!(
+        n.wait_until(Duration::from_secs(5), |n| !n
+            .subscribed_to_topic("com.example.Sync", "t"))
+            .await,
+        "the subscription is dropped without a word"
+    );
+
+    // One frame over 10,012 bytes: the connection is closed.
+    let _ = c.publish_to_iot_core("a/b", &vec![b'x'; 8_000]).await;
+    let reason = tokio::time::timeout(Duration::from_secs(5), c.closed())
+        .await
+        .expect("closed");
+    assert!(!reason.is_empty());
+    assert_eq!(n.connections_closed_for_size(), 1);
 }

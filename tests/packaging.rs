@@ -246,3 +246,98 @@ fn access_control_covers_the_default_topics_and_versions_agree() {
         );
     }
 }
+
+/// The manifest each nucleus picks for a device. Classic (`PlatformResolver`): every key of
+/// the manifest's `Platform` must equal the device's attribute (`*` matches anything); the
+/// device reports `architecture.detail` only on 32-bit ARM. Lite (`modules/ggl-recipe/src/
+/// recipe.c`, `manifest_selection`): `runtime` must be `*` or `aws_nucleus_lite`, `os` linux,
+/// `architecture` absent, `*` or equal; `architecture.detail` is not looked at.
+fn selected_artifact(lite: bool, arch: &str, detail: Option<&str>) -> Option<String> {
+    let recipe = recipe();
+    let manifests = recipe["Manifests"].as_array().unwrap();
+    manifests.iter().find_map(|m| {
+        let p = m["Platform"].as_object().unwrap();
+        let get = |k: &str| p.get(k).and_then(Value::as_str);
+        let ok = if lite {
+            matches!(get("runtime"), Some("*" | "aws_nucleus_lite"))
+                && matches!(get("os"), Some("linux" | "*" | "all"))
+                && get("architecture").is_none_or(|a| a == "*" || a == arch)
+        } else {
+            p.iter().all(|(k, v)| {
+                let want = v.as_str().unwrap();
+                let have = match k.as_str() {
+                    "os" => Some("linux"),
+                    "architecture" => Some(arch),
+                    "architecture.detail" => detail,
+                    "runtime" => Some("aws_nucleus_classic"),
+                    _ => None,
+                };
+                want == "*" || have == Some(want)
+            })
+        };
+        ok.then(|| {
+            let uri = m["Artifacts"][0]["URI"].as_str().unwrap();
+            uri.rsplit('/').next().unwrap().to_owned()
+        })
+    })
+}
+
+#[test]
+fn every_real_platform_finds_its_manifest_on_both_nuclei() {
+    let cases = [
+        ("amd64", None, "gg-s3-sync-x86_64"),
+        ("aarch64", None, "gg-s3-sync-aarch64"),
+        ("arm", Some("armv7l"), "gg-s3-sync-armv7"),
+        // 32-bit userland on a 64-bit ARM CPU (e.g. Raspberry Pi OS 32-bit on a Pi 4).
+        ("arm", Some("armv8l"), "gg-s3-sync-armv7"),
+        ("arm", Some("armv6l"), "gg-s3-sync-armv7"),
+    ];
+    for (arch, detail, artifact) in cases {
+        for lite in [false, true] {
+            // Lite reports no detail to recipe-runner's manifest selection.
+            let detail = if lite { None } else { detail };
+            assert_eq!(
+                selected_artifact(lite, arch, detail).as_deref(),
+                Some(artifact),
+                "lite={lite} {arch} {detail:?}"
+            );
+        }
+    }
+    let text = std::fs::read_to_string(Path::new(ROOT).join("recipe.yaml")).unwrap();
+    assert!(
+        !text.contains("arm71"),
+        "no nucleus reports architecture.detail arm71"
+    );
+}
+
+/// recipe-runner reads a recipe into `file_mem[8196]` (modules/ggl-recipe/src/recipe.c); a
+/// larger one fails to start on lite. The template's placeholders grow when rendered, so the
+/// template keeps room for a long name, version and author.
+#[test]
+fn recipe_fits_lite_s_recipe_buffer() {
+    const LITE_RECIPE_BUFFER: usize = 8196;
+    let text = std::fs::read_to_string(Path::new(ROOT).join("recipe.yaml")).unwrap();
+    let worst = text
+        .replace("{COMPONENT_NAME}", &"n".repeat(128))
+        .replace("{COMPONENT_VERSION}", &"9".repeat(64))
+        .replace("{COMPONENT_AUTHOR}", &"a".repeat(128));
+    assert!(
+        worst.len() < LITE_RECIPE_BUFFER,
+        "rendered recipe would be {} bytes; lite reads at most {LITE_RECIPE_BUFFER}",
+        worst.len()
+    );
+}
+
+/// The fake nucleus grants what the recipe grants (its tests rely on the same accessControl).
+#[test]
+fn fake_nucleus_uses_the_recipe_access_control() {
+    let name = "com.example.GgS3Sync";
+    let text = std::fs::read_to_string(Path::new(ROOT).join("recipe.yaml"))
+        .unwrap()
+        .replace("{COMPONENT_NAME}", name);
+    let recipe: Value = serde_norway::from_str(&text).unwrap();
+    assert_eq!(
+        recipe["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"],
+        devstack::nucleus::recipe_access_control(name)
+    );
+}

@@ -273,7 +273,10 @@ async fn demo_greengrass(component: Option<PathBuf>) -> anyhow::Result<ExitCode>
         "s3ForcePathStyle": "true",
         "syncIntervalSeconds": "3600",
     });
-    let token = nucleus.register_component(NAME, deployment.clone());
+    // The recipe's DefaultConfiguration brings the accessControl the component needs.
+    let mut configuration = deployment.clone();
+    configuration["accessControl"] = devstack::nucleus::recipe_access_control(NAME);
+    let token = nucleus.register_component(NAME, configuration);
     println!(
         "fake nucleus on {}; the deployment configures only:",
         nucleus.socket().display()

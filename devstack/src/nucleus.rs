@@ -6,6 +6,32 @@
 //! PublishToIoTCore, PublishToTopic, SubscribeToTopic, SubscribeToComponentUpdates and
 //! DeferComponentUpdate, enforces the handshake and stream-id rules (PROTOCOL_ERROR), and
 //! records what components did so tests can assert on it.
+//!
+//! It has two personalities, each traced to the real implementation:
+//!
+//! - [`Personality::Classic`], aws-greengrass-nucleus (Java):
+//!   - `DeferComponentUpdate` is accepted only as the answer to an outstanding
+//!     `preUpdateEvent`, and consumes it; otherwise `ServiceError: Time limit to respond to
+//!     PreComponentUpdateEvent exceeded` (`LifecycleIPCEventStreamAgent.deferComponentUpdate`).
+//!     When a deployment stops waiting, the outstanding answers are discarded
+//!     (`discardDeferComponentUpdateFutures`).
+//!   - Configuration delivered by a cloud deployment went through Gson: every number is a
+//!     double (`600` → `600.0`), see [`FakeNucleus::deploy_configuration`]; JSON pub/sub messages
+//!     are re-serialised the same way on delivery.
+//!   - `accessControl`: pubsub resources match with `*` only (`ResourceLookupPolicy.STANDARD`),
+//!     mqttproxy resources also with MQTT `+`/`#` (`MQTT_STYLE`, `WildcardTrie`).
+//! - [`Personality::Lite`], nucleus lite v2.6.0 (modules/ggipcd, core-bus):
+//!   - A frame over [`LITE_MAX_FRAME`] bytes, or a request payload of more than 255 JSON
+//!     values, closes the connection (`GGL_IPC_MAX_MSG_LEN`, `GG_MAX_OBJECT_SUBOBJECTS`).
+//!   - Only `aws.greengrass.NucleusLite` holds the nucleus configuration;
+//!     `aws.greengrass.Nucleus` is `ResourceNotFoundError` (the alias is unreleased).
+//!   - No `SubscribeToComponentUpdates` / `DeferComponentUpdate`: `ServiceError`.
+//!   - `UpdateState` fails with `ServiceError` until the health daemon is ready.
+//!   - A subscription is bound before its response is sent, so an event can arrive first.
+//!   - A JSON message is delivered to a subscriber only if it decodes into the 550-byte arena
+//!     of `modules/core-bus/src/client_subscribe.c` (`PAYLOAD_MAX_SUBOBJECTS` 50); otherwise the
+//!     subscription is dropped silently. A binary message always fits.
+//!   - Error messages are empty.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +48,113 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The nucleus's own configuration is readable as this component.
+/// The classic nucleus's own configuration is readable as this component.
 pub const NUCLEUS: &str = "aws.greengrass.Nucleus";
+/// Released nucleus lite's name for its own configuration.
+pub const NUCLEUS_LITE: &str = "aws.greengrass.NucleusLite";
 const MAX_FRAME: usize = 24 * 1024 * 1024;
+/// Lite's largest inbound frame: `GGL_IPC_MAX_MSG_LEN` (10,000) after the 12-byte prelude.
+pub const LITE_MAX_FRAME: usize = 10_012;
+/// Lite decodes a request payload into at most this many objects (`GG_MAX_OBJECT_SUBOBJECTS`).
+const LITE_MAX_REQUEST_OBJECTS: usize = 255;
+/// Lite's subscriber-side decode arena (`PAYLOAD_MAX_SUBOBJECTS` × 11-byte objects).
+const LITE_DELIVERY_ARENA: usize = 550;
+
+/// Which nucleus the fake behaves like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Personality {
+    /// The classic (Java) nucleus.
+    #[default]
+    Classic,
+    /// Nucleus lite v2.6.0.
+    Lite,
+}
+
+/// Arena bytes lite's `ggl_deserialize` needs for `v` (a map entry 21 bytes, a list element
+/// 11; strings and numbers live in the message buffer).
+fn lite_arena_cost(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => m.values().map(|c| 21 + lite_arena_cost(c)).sum(),
+        Value::Array(a) => a.iter().map(|c| 11 + lite_arena_cost(c)).sum(),
+        _ => 0,
+    }
+}
+
+/// How many objects lite's request decoder allocates for `v` (each value one, map keys free).
+fn lite_object_count(v: &Value) -> usize {
+    1 + match v {
+        Value::Object(m) => m.values().map(lite_object_count).sum(),
+        Value::Array(a) => a.iter().map(lite_object_count).sum(),
+        _ => 0,
+    }
+}
+
+/// Gson's view of JSON: every number becomes a double (`600` → `600.0`).
+#[must_use]
+pub fn gson_doubles(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| v.clone(), Value::Number),
+        Value::Array(a) => Value::Array(a.iter().map(gson_doubles).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), gson_doubles(x)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The `accessControl` of gg-s3-sync's recipe (`recipe.yaml`; tests/packaging.rs keeps the two
+/// equal), for `component`.
+#[must_use]
+pub fn recipe_access_control(component: &str) -> Value {
+    json!({
+        "aws.greengrass.ipc.mqttproxy": {
+            format!("{component}:mqttproxy:1"): {
+                "policyDescription": "Publish sync status to AWS IoT Core",
+                "operations": ["aws.greengrass#PublishToIoTCore"],
+                "resources": ["gg-s3-sync/+/status"],
+            }
+        },
+        "aws.greengrass.ipc.pubsub": {
+            format!("{component}:pubsub:1"): {
+                "policyDescription": "Publish sync status locally; receive sync-now triggers",
+                "operations": ["aws.greengrass#PublishToTopic", "aws.greengrass#SubscribeToTopic"],
+                "resources": ["gg-s3-sync/status", "gg-s3-sync/sync-now"],
+            }
+        },
+    })
+}
+
+/// An `accessControl` that allows every pub/sub and MQTT operation on every topic.
+#[must_use]
+pub fn allow_all_access_control() -> Value {
+    let all = json!({"all": {"operations": ["*"], "resources": ["*"]}});
+    json!({"aws.greengrass.ipc.pubsub": all.clone(), "aws.greengrass.ipc.mqttproxy": all})
+}
+
+/// `*` glob match (the only wildcard of pubsub policies on both nuclei).
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    text.ends_with(last)
+}
 
 /// Fake-nucleus failures.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +190,19 @@ pub struct LocalPublish {
     pub component: String,
     /// Local topic.
     pub topic: String,
-    /// The JSON message.
+    /// The JSON message, or a binary message's bytes parsed as JSON (`Null` if they are not).
     pub message: Value,
+    /// Whether it was sent as `binaryMessage`.
+    pub binary: bool,
+    /// The serialised request payload's size in bytes.
+    pub request_bytes: usize,
+}
+
+/// A message as published: JSON or bytes.
+#[derive(Debug, Clone, PartialEq)]
+enum Published {
+    Json(Value),
+    Binary(Vec<u8>),
 }
 
 /// A DeferComponentUpdate a component sent.
@@ -107,6 +248,14 @@ struct Sub {
 
 #[derive(Debug, Default)]
 struct State {
+    personality: Personality,
+    health_ready: bool,
+    enforce_access_control: bool,
+    /// Outstanding preUpdateEvent answers (classic): (component, deployment).
+    awaiting_defer: Vec<(String, String)>,
+    /// Messages delivered to the next subscriber of a topic before its response (lite).
+    early_events: Vec<(String, Value)>,
+    closed_for_size: u64,
     tokens: HashMap<String, String>,
     config: HashMap<String, Value>,
     subs: Vec<Sub>,
@@ -241,14 +390,21 @@ fn parse(m: &Message) -> Option<Incoming> {
     })
 }
 
+/// Reads one frame of at most `max` bytes; a larger one sets `too_large` and ends the read.
 async fn read_frame(
     sock: &mut tokio::net::unix::OwnedReadHalf,
     buf: &mut BytesMut,
+    max: usize,
+    too_large: &mut bool,
 ) -> Option<Message> {
     loop {
         if buf.len() >= 4 {
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if !(16..=MAX_FRAME).contains(&len) {
+            if len > max {
+                *too_large = true;
+                return None;
+            }
+            if len < 16 {
                 return None;
             }
             if buf.len() >= len {
@@ -325,11 +481,19 @@ fn random_token() -> String {
 }
 
 impl FakeNucleus {
-    /// Listens on `dir/ipc.socket`.
+    /// Listens on `dir/ipc.socket` as the classic nucleus.
     ///
     /// # Errors
     /// [`Error::Bind`].
     pub async fn start(dir: &Path) -> Result<Self, Error> {
+        Self::start_as(dir, Personality::Classic).await
+    }
+
+    /// Listens on `dir/ipc.socket` with the given personality.
+    ///
+    /// # Errors
+    /// [`Error::Bind`].
+    pub async fn start_as(dir: &Path, personality: Personality) -> Result<Self, Error> {
         let socket = dir.join("ipc.socket");
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).map_err(|source| Error::Bind {
@@ -338,7 +502,12 @@ impl FakeNucleus {
         })?;
         let n = Self {
             socket,
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                personality,
+                health_ready: true,
+                enforce_access_control: true,
+                ..State::default()
+            })),
             changed: Arc::default(),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -372,9 +541,102 @@ impl FakeNucleus {
         token
     }
 
-    /// Sets the nucleus's own configuration (`iotCredEndpoint`, `awsRegion`, …).
+    /// Sets the nucleus's own configuration (`iotCredEndpoint`, `awsRegion`, …), under the name
+    /// the personality's nucleus answers to. Lite loads it from YAML, so its values are strings.
     pub fn set_nucleus_config(&self, config: Value) {
-        lock(&self.state).config.insert(NUCLEUS.to_owned(), config);
+        let mut s = lock(&self.state);
+        let name = match s.personality {
+            Personality::Classic => NUCLEUS,
+            Personality::Lite => NUCLEUS_LITE,
+        };
+        s.config.insert(name.to_owned(), config);
+    }
+
+    /// Which nucleus this fake is.
+    #[must_use]
+    pub fn personality(&self) -> Personality {
+        lock(&self.state).personality
+    }
+
+    /// Lite: whether gghealthd serves (`UpdateState` fails with `ServiceError` until it does).
+    pub fn set_health_ready(&self, ready: bool) {
+        lock(&self.state).health_ready = ready;
+    }
+
+    /// Whether `accessControl` is enforced (both nuclei always do; protocol tests may turn it
+    /// off to exercise other rules).
+    pub fn set_enforce_access_control(&self, on: bool) {
+        lock(&self.state).enforce_access_control = on;
+    }
+
+    /// Lite: delivers `message` to the next subscriber of `topic` before its subscription
+    /// response, as ggipcd can (it binds the subscription first).
+    pub fn event_before_next_response(&self, topic: &str, message: Value) {
+        lock(&self.state)
+            .early_events
+            .push((topic.to_owned(), message));
+    }
+
+    /// Connections closed because a frame or payload was over lite's limits.
+    #[must_use]
+    pub fn connections_closed_for_size(&self) -> u64 {
+        lock(&self.state).closed_for_size
+    }
+
+    /// A cloud deployment's `configurationUpdate.merge`: on the classic nucleus the job document
+    /// went through Gson, so every number arrives as a double.
+    pub fn deploy_configuration(&self, component: &str, value: &Value) {
+        let value = match self.personality() {
+            Personality::Classic => gson_doubles(value),
+            Personality::Lite => value.clone(),
+        };
+        self.update_configuration(component, &[], &value);
+    }
+
+    /// Ends `component`'s topic subscriptions from the server side (an empty TERMINATE), as a
+    /// nucleus does when it drops a subscriber.
+    pub fn end_topic_subscriptions(&self, component: &str) {
+        let mut s = lock(&self.state);
+        s.subs.retain(|sub| {
+            let mine = sub.conn.component == component && matches!(sub.kind, SubKind::Topic { .. });
+            if mine {
+                let _ = sub
+                    .conn
+                    .tx
+                    .send(frame(0, 2, sub.stream_id, None, Bytes::new()));
+            }
+            !mine
+        });
+    }
+
+    /// Whether `component` may call `operation` on `resource` under its `accessControl`
+    /// (`service`: `aws.greengrass.ipc.pubsub` or `aws.greengrass.ipc.mqttproxy`).
+    fn authorized(&self, component: &str, service: &str, operation: &str, resource: &str) -> bool {
+        let s = lock(&self.state);
+        if !s.enforce_access_control {
+            return true;
+        }
+        let mqtt_style = service == "aws.greengrass.ipc.mqttproxy";
+        let Some(policies) = s
+            .config
+            .get(component)
+            .and_then(|c| c.pointer(&format!("/accessControl/{service}")))
+            .and_then(Value::as_object)
+        else {
+            return false;
+        };
+        policies.values().any(|policy| {
+            let has = |key: &str, want: &str, matches: &dyn Fn(&str, &str) -> bool| {
+                policy
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| l.iter().filter_map(Value::as_str).any(|p| matches(p, want)))
+            };
+            has("operations", operation, &|p, w| p == "*" || p == w)
+                && has("resources", resource, &|p, w| {
+                    glob_matches(p, w) || (mqtt_style && topic_matches(p, w))
+                })
+        })
     }
 
     /// A component's current configuration.
@@ -436,24 +698,52 @@ impl FakeNucleus {
 
     /// Publishes a JSON message on a local topic, as another component would.
     pub fn publish_local(&self, topic: &str, message: Value) {
-        self.deliver("devstack.OtherComponent", topic, &message);
+        self.deliver("devstack.OtherComponent", topic, &Published::Json(message));
     }
 
-    fn deliver(&self, from: &str, topic: &str, message: &Value) {
-        let s = lock(&self.state);
-        for sub in &s.subs {
-            if let SubKind::Topic { filter, all } = &sub.kind {
-                if topic_matches(filter, topic) && (*all || sub.conn.component != from) {
-                    let ev = json!({ "jsonMessage": { "message": message, "context": { "topic": topic } } });
-                    let _ = sub.conn.tx.send(json_frame(
-                        0,
-                        0,
-                        sub.stream_id,
-                        "aws.greengrass#SubscriptionResponseMessage",
-                        &ev,
-                    ));
-                }
+    fn deliver(&self, from: &str, topic: &str, message: &Published) {
+        let mut s = lock(&self.state);
+        let personality = s.personality;
+        let mut dropped = Vec::new();
+        for (i, sub) in s.subs.iter().enumerate() {
+            let SubKind::Topic { filter, all } = &sub.kind else {
+                continue;
+            };
+            if !topic_matches(filter, topic) || (!*all && sub.conn.component == from) {
+                continue;
             }
+            let ev = match message {
+                Published::Json(m) => {
+                    // Lite's wrapper {topic, type, message} takes 3 map entries of the arena.
+                    if personality == Personality::Lite
+                        && 3 * 21 + lite_arena_cost(m) > LITE_DELIVERY_ARENA
+                    {
+                        // ggipcd: "Insufficient memory to decode packet."; the subscription is
+                        // released without telling the subscriber.
+                        dropped.push(i);
+                        continue;
+                    }
+                    let m = match personality {
+                        Personality::Classic => gson_doubles(m),
+                        Personality::Lite => m.clone(),
+                    };
+                    json!({ "jsonMessage": { "message": m, "context": { "topic": topic } } })
+                }
+                Published::Binary(b) => json!({ "binaryMessage": {
+                    "message": aws_smithy_types::base64::encode(b),
+                    "context": { "topic": topic },
+                } }),
+            };
+            let _ = sub.conn.tx.send(json_frame(
+                0,
+                0,
+                sub.stream_id,
+                "aws.greengrass#SubscriptionResponseMessage",
+                &ev,
+            ));
+        }
+        for i in dropped.into_iter().rev() {
+            s.subs.remove(i);
         }
     }
 
@@ -516,7 +806,13 @@ impl FakeNucleus {
             .filter(|s| matches!(s.kind, SubKind::Updates))
             .map(|s| (s.conn.clone(), s.stream_id))
             .collect();
+        let await_answer = |component: &str| {
+            lock(&self.state)
+                .awaiting_defer
+                .push((component.to_owned(), deployment_id.to_owned()));
+        };
         let send_pre = |conn: &Conn, stream: i32| {
+            await_answer(&conn.component);
             let _ = conn.tx.send(json_frame(
                 0,
                 0,
@@ -557,8 +853,13 @@ impl FakeNucleus {
                 for (c, id) in targets.iter().filter(|(c, _)| c.component == d.component) {
                     let (c, id) = (c.clone(), *id);
                     let pre = pre.clone();
+                    let state = self.state.clone();
+                    let deployment = deployment_id.to_owned();
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(d.recheck_after_ms)).await;
+                        lock(&state)
+                            .awaiting_defer
+                            .push((c.component.clone(), deployment));
                         let _ = c.tx.send(json_frame(
                             0,
                             0,
@@ -574,6 +875,10 @@ impl FakeNucleus {
                 break;
             }
         }
+        // UpdateSystemPolicyService stops waiting: unanswered events can no longer be answered.
+        lock(&self.state)
+            .awaiting_defer
+            .retain(|(_, d)| d != deployment_id);
         let post = json!({ "postUpdateEvent": { "deploymentId": deployment_id } });
         for (c, id) in &targets {
             let _ = c.tx.send(json_frame(
@@ -653,7 +958,12 @@ impl FakeNucleus {
         let (mut read, mut write) = sock.into_split();
         let mut buf = BytesMut::new();
         // Handshake.
-        let Some(first) = read_frame(&mut read, &mut buf)
+        let max = match self.personality() {
+            Personality::Classic => MAX_FRAME,
+            Personality::Lite => LITE_MAX_FRAME,
+        };
+        let mut too_large = false;
+        let Some(first) = read_frame(&mut read, &mut buf, max, &mut too_large)
             .await
             .as_ref()
             .and_then(parse)
@@ -719,9 +1029,14 @@ impl FakeNucleus {
         loop {
             let msg = tokio::select! {
                 () = conn.closed.cancelled() => break,
-                m = read_frame(&mut read, &mut buf) => m,
+                m = read_frame(&mut read, &mut buf, max, &mut too_large) => m,
             };
             let Some(f) = msg.as_ref().and_then(parse) else {
+                if too_large {
+                    // ggipcd: "EventStream packet does not fit in configured IPC buffer size."
+                    lock(&self.state).closed_for_size += 1;
+                    self.changed.notify_waiters();
+                }
                 break;
             };
             match (f.message_type, f.stream_id) {
@@ -767,6 +1082,13 @@ impl FakeNucleus {
                     } else {
                         serde_json::from_slice(&f.payload).unwrap_or(Value::Null)
                     };
+                    if max == LITE_MAX_FRAME && lite_object_count(&body) > LITE_MAX_REQUEST_OBJECTS
+                    {
+                        // "Failed to decode msg payload.": the connection is closed.
+                        lock(&self.state).closed_for_size += 1;
+                        self.changed.notify_waiters();
+                        break;
+                    }
                     self.handle(&conn, id, &op, &body);
                 }
                 _ => {
@@ -797,8 +1119,15 @@ impl FakeNucleus {
                 v,
             ));
         };
+        let personality = self.personality();
+        let lite = personality == Personality::Lite;
         let fail = |code: &str, msg: &str| {
+            // Lite's errors carry no message.
+            let msg = if lite { "" } else { msg };
             let _ = conn.tx.send(error_frame(id, code, msg));
+        };
+        let denied = |service: &str, resource: &str| {
+            !self.authorized(&conn.component, service, op, resource)
         };
         let str_field = |k: &str| body.get(k).and_then(Value::as_str);
         let key_path: Vec<String> = body
@@ -811,6 +1140,16 @@ impl FakeNucleus {
             })
             .unwrap_or_default();
         match short {
+            "GetConfiguration" | "SubscribeToConfigurationUpdate"
+                if lite && str_field("componentName") == Some(NUCLEUS) =>
+            {
+                // v2.6.0 has no alias for the classic name.
+                fail("ResourceNotFoundError", "");
+            }
+            "SubscribeToComponentUpdates" | "DeferComponentUpdate" if lite => {
+                // modules/ggipcd/src/ipc_dispatch.c: "Unhandled operation requested".
+                fail("ServiceError", "");
+            }
             "GetConfiguration" => {
                 let component = str_field("componentName")
                     .unwrap_or(&conn.component)
@@ -860,6 +1199,14 @@ impl FakeNucleus {
                 self.update_configuration(&conn.component, &kp, v);
                 reply("UpdateConfigurationResponse", &json!({}), true);
             }
+            "UpdateState" if !lock(&self.state).health_ready => {
+                // The one lite error with a message (update_state.c).
+                let _ = conn.tx.send(error_frame(
+                    id,
+                    "ServiceError",
+                    "Failed to update the lifecycle state.",
+                ));
+            }
             "UpdateState" => match str_field("state") {
                 Some(st @ ("RUNNING" | "ERRORED")) => {
                     lock(&self.state)
@@ -883,6 +1230,12 @@ impl FakeNucleus {
                 let Ok(payload) = aws_smithy_types::base64::decode(payload) else {
                     return fail("InvalidArgumentsError", "Payload is not base64");
                 };
+                if denied("aws.greengrass.ipc.mqttproxy", topic) {
+                    return fail(
+                        "UnauthorizedError",
+                        &format!("Principal {} is not authorized to perform aws.greengrass.ipc.mqttproxy:aws.greengrass#PublishToIoTCore on resource {topic}", conn.component),
+                    );
+                }
                 lock(&self.state).iot.push(IotPublish {
                     component: conn.component.clone(),
                     topic: topic.to_owned(),
@@ -902,20 +1255,48 @@ impl FakeNucleus {
                         "Publish topic must not contain a wildcard.",
                     );
                 }
-                let Some(message) = body
-                    .pointer("/publishMessage/jsonMessage/message")
-                    .filter(|m| m.is_object())
-                    .cloned()
-                else {
+                let message = if let Some(m) = body.pointer("/publishMessage/jsonMessage/message") {
+                    if !m.is_object() {
+                        return fail(
+                            "InvalidArgumentsError",
+                            "publishMessage.jsonMessage.message must be a JSON object",
+                        );
+                    }
+                    Published::Json(m.clone())
+                } else if let Some(b) = body
+                    .pointer("/publishMessage/binaryMessage/message")
+                    .and_then(Value::as_str)
+                {
+                    match aws_smithy_types::base64::decode(b) {
+                        Ok(bytes) => Published::Binary(bytes),
+                        Err(_) => {
+                            return fail("InvalidArgumentsError", "binaryMessage is not base64")
+                        }
+                    }
+                } else {
                     return fail(
                         "InvalidArgumentsError",
-                        "publishMessage.jsonMessage.message must be a JSON object",
+                        "publishMessage needs jsonMessage or binaryMessage",
                     );
+                };
+                if denied("aws.greengrass.ipc.pubsub", topic) {
+                    return fail(
+                        "UnauthorizedError",
+                        &format!("Principal {} is not authorized to perform aws.greengrass.ipc.pubsub:aws.greengrass#PublishToTopic on resource {topic}", conn.component),
+                    );
+                }
+                let (recorded, binary) = match &message {
+                    Published::Json(m) => (m.clone(), false),
+                    Published::Binary(b) => {
+                        (serde_json::from_slice(b).unwrap_or(Value::Null), true)
+                    }
                 };
                 lock(&self.state).local.push(LocalPublish {
                     component: conn.component.clone(),
                     topic: topic.to_owned(),
-                    message: message.clone(),
+                    message: recorded,
+                    binary,
+                    request_bytes: body.to_string().len(),
                 });
                 self.deliver(&conn.component, topic, &message);
                 self.changed.notify_waiters();
@@ -925,20 +1306,57 @@ impl FakeNucleus {
                 let Some(filter) = str_field("topic") else {
                     return fail("InvalidArgumentsError", "topic is required");
                 };
-                let all = match str_field("receiveMode") {
-                    Some("RECEIVE_ALL_MESSAGES") => true,
-                    Some(_) => false,
-                    None => !filter.contains(['#', '+']),
+                if denied("aws.greengrass.ipc.pubsub", filter) {
+                    return fail(
+                        "UnauthorizedError",
+                        &format!("Principal {} is not authorized to perform aws.greengrass.ipc.pubsub:aws.greengrass#SubscribeToTopic on resource {filter}", conn.component),
+                    );
+                }
+                // Classic (≥ 2.6.0): RECEIVE_ALL_MESSAGES unless told otherwise, except that a
+                // wildcard filter never receives the subscriber's own messages. Lite ignores
+                // the field and delivers everything.
+                let all = if lite {
+                    true
+                } else {
+                    match str_field("receiveMode") {
+                        Some("RECEIVE_MESSAGES_FROM_OTHERS") => false,
+                        _ => !filter.contains(['#', '+']),
+                    }
                 };
-                reply("SubscribeToTopicResponse", &json!({}), false);
-                lock(&self.state).subs.push(Sub {
+                let sub = Sub {
                     conn: conn.clone(),
                     stream_id: id,
                     kind: SubKind::Topic {
                         filter: filter.to_owned(),
                         all,
                     },
-                });
+                };
+                if lite {
+                    // ggipcd binds the subscription, then answers: an event can come first.
+                    let early: Vec<Value> = {
+                        let mut s = lock(&self.state);
+                        s.subs.push(sub);
+                        let (mine, rest) = std::mem::take(&mut s.early_events)
+                            .into_iter()
+                            .partition(|(t, _)| topic_matches(filter, t));
+                        s.early_events = rest;
+                        mine.into_iter().map(|(_, m)| m).collect()
+                    };
+                    for m in early {
+                        let ev = json!({ "jsonMessage": { "message": m, "context": { "topic": filter } } });
+                        let _ = conn.tx.send(json_frame(
+                            0,
+                            0,
+                            id,
+                            "aws.greengrass#SubscriptionResponseMessage",
+                            &ev,
+                        ));
+                    }
+                    reply("SubscribeToTopicResponse", &json!({}), false);
+                } else {
+                    reply("SubscribeToTopicResponse", &json!({}), false);
+                    lock(&self.state).subs.push(sub);
+                }
             }
             "SubscribeToComponentUpdates" => {
                 reply("SubscribeToComponentUpdatesResponse", &json!({}), false);
@@ -956,9 +1374,23 @@ impl FakeNucleus {
                 if !self.subscribed_to_updates(&conn.component) {
                     return fail(
                         "InvalidArgumentsError",
-                        "Component is not subscribed to component updates",
+                        "Component is not subscribed to component update events",
                     );
                 }
+                let mut s = lock(&self.state);
+                let outstanding = s
+                    .awaiting_defer
+                    .iter()
+                    .position(|(c, d)| *c == conn.component && d == deployment_id);
+                let Some(slot) = outstanding else {
+                    drop(s);
+                    return fail(
+                        "ServiceError",
+                        "Time limit to respond to PreComponentUpdateEvent exceeded",
+                    );
+                };
+                s.awaiting_defer.remove(slot);
+                drop(s);
                 lock(&self.state).defers.push(Defer {
                     component: conn.component.clone(),
                     deployment_id: deployment_id.to_owned(),
@@ -1030,6 +1462,29 @@ mod tests {
             changed,
             vec![vec!["a".to_owned(), "c".to_owned()], vec!["e".to_owned()]]
         );
+    }
+
+    #[test]
+    fn lite_arena_matches_the_measured_limit() {
+        // Measured on lite with awsiotsdk: a flat object of 22 keys arrives, of 24 does not.
+        let flat = |n: usize| Value::Object((0..n).map(|i| (format!("k{i}"), json!(i))).collect());
+        assert!(3 * 21 + lite_arena_cost(&flat(22)) <= LITE_DELIVERY_ARENA);
+        assert!(3 * 21 + lite_arena_cost(&flat(24)) > LITE_DELIVERY_ARENA);
+    }
+
+    #[test]
+    fn gson_makes_every_number_a_double() {
+        let v = gson_doubles(&json!({"n": 600, "l": [2024, "x"], "f": 1.5}));
+        assert_eq!(v.to_string(), r#"{"f":1.5,"l":[2024.0,"x"],"n":600.0}"#);
+    }
+
+    #[test]
+    fn policy_resources() {
+        assert!(glob_matches("*", "a/b"));
+        assert!(glob_matches("gg-s3-sync/*/status", "gg-s3-sync/t1/status"));
+        assert!(!glob_matches("gg-s3-sync/+/status", "gg-s3-sync/t1/status"));
+        assert!(glob_matches("a*c*e", "abcde"));
+        assert!(!glob_matches("a*c", "ab"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ async fn awsiotsdk_talks_to_the_fake_nucleus() {
     let nucleus = FakeNucleus::start(dir.path()).await.unwrap();
     nucleus.set_nucleus_config(json!({"iotCredEndpoint": "abc.credentials.iot.eu-west-1.amazonaws.com", "awsRegion": "eu-west-1"}));
     let token =
-        nucleus.register_component("com.example.Py", json!({"bucket": "b1", "prefix": "p/"}));
+        nucleus.register_component("com.example.Py", json!({"bucket": "b1", "prefix": "p/", "accessControl": devstack::nucleus::allow_all_access_control()}));
 
     let mut child = Command::new(python())
         .arg(concat!(

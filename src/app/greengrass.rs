@@ -30,11 +30,11 @@ use crate::ipc::{self, IpcClient, Subscription};
 use crate::status::{Context, StatusDocument};
 use crate::sync::{self, chain, Summary, SyncSettings, Syncer};
 
+use super::deferral::{Answer, Deferral};
+
 /// How long to gather further configuration events before re-reading (a deployment's merge
 /// arrives as one event per changed key).
 const CONFIG_DEBOUNCE: Duration = Duration::from_millis(300);
-/// While a pass runs, ask the nucleus to check back after this long.
-const DEFER_RECHECK: Duration = Duration::from_secs(5);
 /// Deferral message shown in the deployment's status.
 const DEFER_MESSAGE: &str =
     "gg-s3-sync: a sync pass is in progress; the update proceeds when it finishes";
@@ -128,8 +128,10 @@ struct Supervisor {
     next_pass: tokio::time::Instant,
     pass_requested: bool,
     reload_requested: bool,
-    deferred: Option<String>,
-    updating: bool,
+    /// Component-update handling (classic nucleus); blocks passes during an update.
+    deferral: Deferral,
+    /// Origin of the monotonic time given to `deferral`.
+    started: tokio::time::Instant,
 }
 
 /// Runs until SIGTERM (`Ok`) or until IPC fails (`Err`: exit non-zero).
@@ -168,8 +170,8 @@ pub async fn run(
         next_pass: now(),
         pass_requested: true,
         reload_requested: true,
-        deferred: None,
-        updating: false,
+        deferral: Deferral::new(Duration::from_secs(config::DEFAULT_MAX_DEFER_SECS)),
+        started: now(),
     };
     let result = s.main_loop(&mut config_events, &mut updates).await;
     s.pass_cancel.cancel();
@@ -334,8 +336,9 @@ impl Supervisor {
                 self.reload_requested = false;
                 self.reload().await?;
             }
+            let updating = self.deferral.blocks_passes(self.mono());
             if self.pass.is_none()
-                && !self.updating
+                && !updating
                 && self.syncer.is_some()
                 && (self.pass_requested || now() >= self.next_pass)
             {
@@ -344,6 +347,10 @@ impl Supervisor {
             let ipc = self.ipc.clone();
             let mut trigger = self.trigger.take();
             let idle = self.pass.is_none() && self.syncer.is_some();
+            let gate_opens = self
+                .deferral
+                .gate_deadline()
+                .map_or(self.next_pass, |d| self.started + d);
             tokio::select! {
                 // Each branch is cancel-safe: Subscription::next loses no event when dropped,
                 // and the pass handle and timers are only polled.
@@ -372,10 +379,12 @@ impl Supervisor {
                             tracing::info!("sync requested on the trigger topic");
                             self.pass_requested = true;
                         }
+                        // Lite can deliver an event before the subscription's response; the
+                        // client queues it, so nothing is lost and nothing is an error here.
                         Some(Err(e)) if e.is_connection_error() => return Err(e.into()),
                         Some(Err(e)) => tracing::warn!(error = %chain(&e), "trigger topic message"),
                         None => {
-                            tracing::warn!("the nucleus ended the trigger subscription; resubscribing at the next configuration read");
+                            tracing::warn!("the nucleus ended the trigger subscription; resubscribing");
                             trigger = None;
                             self.reload_requested = true;
                         }
@@ -389,21 +398,12 @@ impl Supervisor {
                 },
                 done = async { match self.pass.as_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
                     self.pass = None;
-                    match done {
-                        Ok((syncer, result)) => {
-                            self.syncer = Some(syncer);
-                            self.finish_pass(result).await;
-                        }
-                        Err(e) => return Err(Error::TaskFailed { detail: e.to_string() }),
-                    }
-                    if let Some(id) = self.deferred.take() {
-                        tracing::info!(deployment = %id, "pass finished; letting the deferred update proceed");
-                        if let Err(e) = self.ipc.defer_component_update(&id, None, 0).await {
-                            tracing::warn!(error = %chain(&e), "cannot acknowledge the component update");
-                        }
-                    }
+                    self.pass_ended(done).await?;
+                    // A deferred update is let through at the nucleus's next check: the
+                    // nucleus accepts DeferComponentUpdate only as the answer to one.
                 }
-                () = tokio::time::sleep_until(self.next_pass), if idle && !self.updating => {}
+                () = tokio::time::sleep_until(self.next_pass), if idle && !updating => {}
+                () = tokio::time::sleep_until(gate_opens), if updating => {}
             }
             if self.trigger.is_none() {
                 self.trigger = trigger;
@@ -411,28 +411,98 @@ impl Supervisor {
         }
     }
 
+    /// Monotonic time since the supervisor started (for the deferral policy).
+    fn mono(&self) -> Duration {
+        now().saturating_duration_since(self.started)
+    }
+
+    /// Takes back the syncer of a finished pass and reports it; a stopped pass is picked up
+    /// again by the next one.
+    async fn pass_ended(
+        &mut self,
+        done: Result<PassResult, tokio::task::JoinError>,
+    ) -> Result<(), Error> {
+        match done {
+            Ok((syncer, result)) => {
+                self.syncer = Some(syncer);
+                if self.pass_cancel.is_cancelled() && !self.cancel.is_cancelled() {
+                    // Stopped for a component update: a fresh token for the next pass.
+                    self.pass_cancel = self.cancel.child_token();
+                    self.pass_requested = true;
+                }
+                self.finish_pass(result).await;
+                if !self.reported_running && self.config.is_some() {
+                    self.report_running().await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::TaskFailed {
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     async fn on_component_update(&mut self, ev: ComponentUpdatePolicyEvents) -> Result<(), Error> {
         if let Some(pre) = ev.pre_update_event {
-            self.updating = true;
-            if self.pass.is_some() {
-                tracing::info!(deployment = %pre.deployment_id, "deferring a component update until the running pass finishes");
-                let ms = u64::try_from(DEFER_RECHECK.as_millis()).unwrap_or(u64::MAX);
-                self.ipc
-                    .defer_component_update(&pre.deployment_id, Some(DEFER_MESSAGE), ms)
-                    .await?;
-                self.deferred = Some(pre.deployment_id);
-            } else {
-                tracing::info!(deployment = %pre.deployment_id, "no pass running; the component update may proceed");
-                self.ipc
-                    .defer_component_update(&pre.deployment_id, None, 0)
-                    .await?;
+            let id = pre.deployment_id;
+            let answer = self
+                .deferral
+                .on_pre_update(&id, self.mono(), self.pass.is_some());
+            let (recheck_ms, message) = match answer {
+                Answer::Defer { recheck_after_ms } => {
+                    tracing::info!(deployment = %id, recheck_after_ms, "deferring a component update until the running pass finishes");
+                    (recheck_after_ms, Some(DEFER_MESSAGE))
+                }
+                Answer::Proceed { stop_pass } => {
+                    if stop_pass {
+                        tracing::warn!(deployment = %id, "a pass has held this component update back for maxDeferSeconds; stopping the pass at a safe point so the update can proceed");
+                        self.pass_cancel.cancel();
+                        if let Some(handle) = self.pass.take() {
+                            let done = handle.await;
+                            self.pass_ended(done).await?;
+                        }
+                    } else {
+                        tracing::info!(deployment = %id, "no pass running; the component update may proceed");
+                    }
+                    (0, None)
+                }
+            };
+            match self
+                .ipc
+                .defer_component_update(&id, message, recheck_ms)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_connection_error() => return Err(e.into()),
+                // The nucleus stopped waiting for this answer (its timeout passed, or the
+                // deployment moved on): nothing to undo, and no reason to stop.
+                Err(e) => {
+                    tracing::warn!(deployment = %id, error = %chain(&e), "the nucleus did not take the answer to its update check");
+                }
             }
         }
         if let Some(post) = ev.post_update_event {
             tracing::info!(deployment = %post.deployment_id, "component update finished");
-            self.updating = false;
+            self.deferral.on_post_update(&post.deployment_id);
         }
         Ok(())
+    }
+
+    /// UpdateState(RUNNING). Only a lost connection is fatal: nucleus lite answers
+    /// `ServiceError` while its health daemon is not up, so a refusal is retried after the
+    /// next pass.
+    async fn report_running(&mut self) -> Result<(), Error> {
+        match self.ipc.update_state(LifecycleState::Running).await {
+            Ok(()) => {
+                self.reported_running = true;
+                Ok(())
+            }
+            Err(e) if e.is_connection_error() => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "the nucleus refused the RUNNING state; retrying after the next pass");
+                Ok(())
+            }
+        }
     }
 
     /// Re-reads, validates and applies the configuration; an invalid one is reported and the
@@ -484,7 +554,8 @@ impl Supervisor {
         }
         let config = parsed.config;
         if self.config.as_ref() == Some(&config) {
-            return Ok(());
+            // Nothing changed, but a trigger subscription the nucleus ended is made again.
+            return self.resubscribe_trigger(config.trigger_topic).await;
         }
         self.apply(config).await
     }
@@ -525,6 +596,7 @@ impl Supervisor {
         self.resubscribe_trigger(config.trigger_topic.clone())
             .await?;
         self.syncer = Some(syncer);
+        self.deferral.set_max_defer(config.max_defer);
         self.config = Some(config);
         // A new configuration is synced at once.
         self.pass_requested = true;
@@ -532,8 +604,7 @@ impl Supervisor {
             self.next_pass = now();
         }
         if !self.reported_running {
-            self.ipc.update_state(LifecycleState::Running).await?;
-            self.reported_running = true;
+            self.report_running().await?;
         }
         Ok(())
     }
@@ -621,20 +692,14 @@ impl Supervisor {
                 Some(config::DEFAULT_LOCAL_STATUS_TOPIC.to_owned()),
             ),
         };
-        let Ok(value) = serde_json::to_value(&doc) else {
-            return;
-        };
+        let bytes = doc.encode();
         if let Some(topic) = iot {
-            if let Err(e) = self
-                .ipc
-                .publish_to_iot_core(&topic, value.to_string().as_bytes())
-                .await
-            {
+            if let Err(e) = self.ipc.publish_to_iot_core(&topic, &bytes).await {
                 tracing::warn!(topic = %topic, error = %chain(&e), "cannot publish status to IoT Core; grant aws.greengrass#PublishToIoTCore on it in accessControl (aws.greengrass.ipc.mqttproxy)");
             }
         }
         if let Some(topic) = local {
-            if let Err(e) = self.ipc.publish_to_topic(&topic, value).await {
+            if let Err(e) = self.ipc.publish_binary_to_topic(&topic, &bytes).await {
                 tracing::warn!(topic = %topic, error = %chain(&e), "cannot publish status locally; grant aws.greengrass#PublishToTopic on it in accessControl (aws.greengrass.ipc.pubsub)");
             }
         }

@@ -2,8 +2,10 @@
 //! runs one pass or a pass every interval, and stops at a safe point when cancelled.
 //!
 //! - this module: file mode (`--config`);
-//! - `greengrass`: Greengrass mode (configuration, status and events over IPC).
+//! - `greengrass`: Greengrass mode (configuration, status and events over IPC);
+//! - `deferral`: when a component update may proceed (pure).
 
+pub mod deferral;
 pub mod greengrass;
 
 use std::time::Duration;
@@ -113,8 +115,7 @@ pub async fn run(
         }
     };
     let offline = |cx: &status::Context, last: Option<Summary>| {
-        serde_json::to_vec(&StatusDocument::offline(cx, rfc3339(clock.now()), last))
-            .unwrap_or_default()
+        StatusDocument::offline(cx, rfc3339(clock.now()), last).encode()
     };
     let (mqtt, mut triggers) = match &config.mqtt {
         Some(m) => {
@@ -152,7 +153,7 @@ pub async fn run(
             }
         };
         if let Some(m) = &mqtt {
-            m.publish(serde_json::to_vec(&doc).unwrap_or_default());
+            m.publish(doc.encode());
         }
         let wait = next_interval(config);
         tokio::select! {

@@ -45,6 +45,9 @@ enum Slot {
     Unary(oneshot::Sender<ReplyResult>),
     Stream {
         first: Option<oneshot::Sender<ReplyResult>>,
+        /// The response's `service-model-type`. Nucleus lite binds a subscription before it
+        /// answers, so an event may come first: it is queued, not taken for the response.
+        response_model: String,
         events: mpsc::UnboundedSender<ReplyResult>,
     },
 }
@@ -101,7 +104,7 @@ impl Inner {
                 Slot::Unary(tx) => {
                     let _ = tx.send(Err(self.lost()));
                 }
-                Slot::Stream { first, events } => {
+                Slot::Stream { first, events, .. } => {
                     if let Some(tx) = first {
                         let _ = tx.send(Err(self.lost()));
                     } else {
@@ -269,6 +272,7 @@ impl IpcClient {
                 body,
                 Slot::Stream {
                     first: Some(first_tx),
+                    response_model: format!("{operation}Response"),
                     events: events_tx,
                 },
             )
@@ -355,11 +359,43 @@ impl IpcClient {
         topic: &str,
         message: serde_json::Value,
     ) -> Result<(), Error> {
+        self.publish_message(
+            topic,
+            model::PublishMessage {
+                json_message: Some(model::JsonMessage { message }),
+                binary_message: None,
+            },
+        )
+        .await
+    }
+
+    /// PublishToTopic with a binary message. Nucleus lite delivers a JSON message to local
+    /// subscribers only if it decodes into 50 objects (about 22 keys); a binary message is one
+    /// object, whatever its size.
+    ///
+    /// # Errors
+    /// [`Error::Operation`] or a connection error.
+    pub async fn publish_binary_to_topic(&self, topic: &str, bytes: &[u8]) -> Result<(), Error> {
+        self.publish_message(
+            topic,
+            model::PublishMessage {
+                json_message: None,
+                binary_message: Some(model::BinaryMessage {
+                    message: aws_smithy_types::base64::encode(bytes),
+                }),
+            },
+        )
+        .await
+    }
+
+    async fn publish_message(
+        &self,
+        topic: &str,
+        publish_message: model::PublishMessage,
+    ) -> Result<(), Error> {
         let req = model::PublishToTopicRequest {
             topic,
-            publish_message: model::PublishMessage {
-                json_message: model::JsonMessage { message },
-            },
+            publish_message,
         };
         let _: model::Empty = self.call(op::PUBLISH_TO_TOPIC, &req).await?;
         Ok(())
@@ -375,7 +411,10 @@ impl IpcClient {
     ) -> Result<Subscription<model::SubscriptionResponseMessage>, Error> {
         self.subscribe(
             op::SUBSCRIBE_TO_TOPIC,
-            &model::SubscribeToTopicRequest { topic },
+            &model::SubscribeToTopicRequest {
+                topic,
+                receive_mode: Some("RECEIVE_MESSAGES_FROM_OTHERS"),
+            },
         )
         .await
     }
@@ -484,6 +523,7 @@ async fn read_loop(mut reader: FrameReader, inner: Arc<Inner>) {
                     Some(Slot::Stream {
                         first: None,
                         events,
+                        ..
                     }) => {
                         let _ = events.send(Err(err("subscription")));
                     }
@@ -521,8 +561,19 @@ fn dispatch_reply(inner: &Inner, stream_id: i32, reply: Reply, terminate: bool) 
                 let _ = tx.send(Ok(reply));
             }
         }
-        Slot::Stream { first, events } => {
-            if let Some(tx) = first.take() {
+        Slot::Stream {
+            first,
+            response_model,
+            events,
+        } => {
+            let is_event = first.is_some()
+                && reply
+                    .model_type
+                    .as_deref()
+                    .is_some_and(|m| m != response_model && !terminate);
+            if is_event {
+                let _ = events.send(Ok(reply));
+            } else if let Some(tx) = first.take() {
                 let _ = tx.send(Ok(reply));
             } else if reply.model_type.is_some() || !reply.payload.is_empty() {
                 let _ = events.send(Ok(reply));

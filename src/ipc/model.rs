@@ -106,12 +106,23 @@ pub struct PublishToTopicRequest<'a> {
     pub publish_message: PublishMessage,
 }
 
-/// The PublishToTopic union, JSON variant.
+/// The PublishToTopic union: exactly one of the two is set.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishMessage {
     /// `{"message": …}`.
-    pub json_message: JsonMessage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_message: Option<JsonMessage>,
+    /// `{"message": "<base64>"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary_message: Option<BinaryMessage>,
+}
+
+/// A binary pub/sub message (the blob is base64 in the JSON payload).
+#[derive(Debug, Clone, Serialize)]
+pub struct BinaryMessage {
+    /// Base64 of the bytes.
+    pub message: String,
 }
 
 /// A JSON pub/sub message.
@@ -123,9 +134,14 @@ pub struct JsonMessage {
 
 /// SubscribeToTopic request.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SubscribeToTopicRequest<'a> {
     /// Local topic (may hold wildcards).
     pub topic: &'a str,
+    /// `RECEIVE_MESSAGES_FROM_OTHERS`: not the subscriber's own publishes (nucleus ≥ 2.6.0;
+    /// older ones and lite ignore the field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receive_mode: Option<&'static str>,
 }
 
 /// `aws.greengrass#SubscriptionResponseMessage`.

@@ -16,6 +16,7 @@ pub mod plan;
 mod ranged;
 pub mod s3;
 pub mod state;
+pub mod summary;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use filter::Filter;
 use plan::{Action, KeyVerdict, Reason, RelPath, Remote};
 use s3::{S3Settings, Source};
 use state::StateStore;
+pub use summary::{KeyProblem, PlannedAction, Summary};
 
 /// Attempts per object for failures that can pass on retry.
 const OBJECT_ATTEMPTS: u32 = 3;
@@ -45,8 +47,6 @@ const OBJECT_BACKOFF: Backoff = Backoff {
 };
 /// Space left free on the disk beyond each object, so a sync never fills it to the last byte.
 const DISK_HEADROOM: u64 = 64 * 1024;
-/// At most this many failures and skipped keys are kept in a summary (all are logged).
-const MAX_LISTED_PROBLEMS: usize = 20;
 
 /// Sync failures.
 #[derive(Debug, thiserror::Error)]
@@ -248,110 +248,6 @@ impl Error {
 }
 
 pub use crate::errtext::chain;
-
-/// A problem with one key.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct KeyProblem {
-    /// The object key.
-    pub key: String,
-    /// Short code.
-    pub code: String,
-    /// What happened.
-    pub message: String,
-}
-
-/// One step of a dry run's plan.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PlannedAction {
-    /// `download`, `delete`, `keep`, `skip` or `error`.
-    pub action: &'static str,
-    /// The object key.
-    pub key: String,
-    /// The local path (relative to localDir), if the key has one.
-    pub path: Option<String>,
-    /// Why.
-    pub reason: String,
-}
-
-/// What a pass did.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    /// Objects listed (or named by `keys`/the manifest), including skipped and excluded ones.
-    pub listed: u64,
-    /// Objects downloaded.
-    pub downloaded: u64,
-    /// Objects whose local copy was current.
-    pub unchanged: u64,
-    /// Keys never written because they are unsafe.
-    pub skipped: u64,
-    /// Keys left out by `include`/`exclude`.
-    pub excluded: u64,
-    /// Zero-byte `folder/` markers (nothing to write).
-    pub folder_markers: u64,
-    /// Objects that failed.
-    pub failed: u64,
-    /// Local files removed because their objects are gone (`deleteExtraneous`).
-    pub deleted: u64,
-    /// Deletions refused by the `maxDeletePercent` guard.
-    pub deletions_refused: u64,
-    /// Bytes downloaded.
-    pub bytes: u64,
-    /// Wall time, milliseconds.
-    pub duration_ms: u64,
-    /// Start (RFC 3339).
-    pub started_at: String,
-    /// End (RFC 3339).
-    pub finished_at: String,
-    /// The first failures.
-    pub failures: Vec<KeyProblem>,
-    /// The first skipped keys.
-    pub skipped_keys: Vec<KeyProblem>,
-    /// Dry runs only: what a real pass would do.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub planned: Vec<PlannedAction>,
-}
-
-impl Summary {
-    fn new(started_at: String) -> Self {
-        Self {
-            listed: 0,
-            downloaded: 0,
-            unchanged: 0,
-            skipped: 0,
-            excluded: 0,
-            folder_markers: 0,
-            failed: 0,
-            deleted: 0,
-            deletions_refused: 0,
-            bytes: 0,
-            duration_ms: 0,
-            started_at,
-            finished_at: String::new(),
-            failures: Vec::new(),
-            skipped_keys: Vec::new(),
-            planned: Vec::new(),
-        }
-    }
-
-    /// Whether every object is in place and nothing was refused.
-    #[must_use]
-    pub fn is_success(&self) -> bool {
-        self.failed == 0 && self.deletions_refused == 0
-    }
-
-    fn fail(&mut self, key: &str, code: &str, message: String) {
-        self.failed += 1;
-        push_capped(
-            &mut self.failures,
-            KeyProblem {
-                key: key.to_owned(),
-                code: code.to_owned(),
-                message,
-            },
-        );
-    }
-}
 
 /// What the engine needs from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -577,7 +473,7 @@ impl Syncer {
 
     async fn pass(&mut self, cancel: &CancellationToken, dry_run: bool) -> Result<Summary, Error> {
         let started = self.clock.monotonic();
-        let mut summary = Summary::new(rfc3339(self.clock.now()));
+        let mut summary = Summary::new(rfc3339(self.clock.now()), dry_run);
         if !dry_run {
             self.prepare_local_dir()?;
         }
@@ -774,17 +670,9 @@ impl Syncer {
             }
             KeyVerdict::Unsafe(why) => {
                 tracing::warn!(key = %key.escape_debug(), reason = %why, "skipping unsafe object key");
-                summary.skipped += 1;
                 let key = key.escape_debug().to_string();
                 planned(summary, "skip", &key, None, why.to_string());
-                push_capped(
-                    &mut summary.skipped_keys,
-                    KeyProblem {
-                        key,
-                        code: "UnsafeKey".into(),
-                        message: why.to_string(),
-                    },
-                );
+                summary.skip(&key, "UnsafeKey", &why.to_string());
                 None
             }
         }
@@ -910,15 +798,7 @@ impl Syncer {
                 self.settings.max_delete_percent
             );
             tracing::error!("{message}");
-            summary.deletions_refused = would as u64;
-            push_capped(
-                &mut summary.failures,
-                KeyProblem {
-                    key: String::new(),
-                    code: "DeleteLimitExceeded".into(),
-                    message,
-                },
-            );
+            summary.refuse_deletions(would as u64, message);
             return Ok(());
         }
         for key in decision.delete {
@@ -1028,18 +908,7 @@ fn planned(
     rel: Option<&RelPath>,
     reason: String,
 ) {
-    summary.planned.push(PlannedAction {
-        action,
-        key: key.to_owned(),
-        path: rel.map(ToString::to_string),
-        reason,
-    });
-}
-
-fn push_capped(list: &mut Vec<KeyProblem>, p: KeyProblem) {
-    if list.len() < MAX_LISTED_PROBLEMS {
-        list.push(p);
-    }
+    summary.plan(action, key, rel.map(ToString::to_string), reason);
 }
 
 async fn download_with_retries(
