@@ -410,6 +410,7 @@ impl Config {
             .and_then(|t| r.with_thing_name("statusTopic", t, thing_name.as_deref()));
         let local_status_topic = r.topic("localStatusTopic", true, DEFAULT_LOCAL_STATUS_TOPIC);
         let trigger_topic = r.topic("triggerTopic", false, DEFAULT_TRIGGER_TOPIC);
+
         let keys = r.string_list("keys");
         let manifest_key = r.optional_str("manifestKey");
         let include = r
@@ -425,6 +426,15 @@ impl Config {
         let sync_jitter_percent = r.number("syncJitterPercent", DEFAULT_SYNC_JITTER_PERCENT, 0, 50);
         let source = r.source(keys, manifest_key, prefix.as_deref());
         let mqtt = r.mqtt(thing_name.as_deref());
+        // Local status always shares the trigger's bus; statusTopic only in MQTT mode.
+        let mqtt_status = match &mqtt {
+            Some(Some(_)) => status_topic.as_ref(),
+            _ => None,
+        };
+        r.trigger_not_own_status(
+            trigger_topic.as_ref(),
+            &[local_status_topic.as_ref(), mqtt_status],
+        );
         let bandwidth_limit = r.number("bandwidthLimitBytesPerSec", 0, 0, 10_000_000_000);
         let ranged_threshold = r
             .number(
@@ -733,6 +743,28 @@ impl Reader<'_> {
             return self.fail(key, format!("'{raw}' is not a topic this component may publish on (reserved or over 256 characters)"));
         }
         Some(Some(raw))
+    }
+
+    /// A trigger filter that matches a topic the component publishes its status on would
+    /// start a pass with every status document: nucleus lite delivers a component's own
+    /// messages (it has no receive mode), and so does MQTT.
+    fn trigger_not_own_status(
+        &mut self,
+        trigger: Option<&Option<String>>,
+        status: &[Option<&Option<String>>],
+    ) {
+        let Some(Some(filter)) = trigger else {
+            return;
+        };
+        for topic in status.iter().flatten().copied().flatten() {
+            if crate::topic::matches(filter, topic) {
+                self.fail::<()>(
+                    "triggerTopic",
+                    format!("'{filter}' matches the status topic '{topic}', so every status document would start another pass; use a topic of its own (default '{DEFAULT_TRIGGER_TOPIC}')"),
+                );
+                return;
+            }
+        }
     }
 
     fn number(&mut self, key: &str, default: u64, min: u64, max: u64) -> Option<u64> {
@@ -1054,6 +1086,23 @@ mod tests {
         assert_eq!(ok(&with("prefix", json!("data/"))).config.prefix, "data/");
         let e = err(&with("prefix", json!("/data/")));
         assert!(e[0].problem.contains("use 'data/'"), "{}", e[0]);
+    }
+
+    #[test]
+    fn a_trigger_that_matches_the_status_topic_is_refused() {
+        let mut v = with("triggerTopic", json!("gg-s3-sync/#"));
+        let e = err(&v);
+        assert_eq!(e[0].key, "triggerTopic");
+        assert!(
+            e[0].problem.contains("'gg-s3-sync/status'"),
+            "{}",
+            e[0].problem
+        );
+        // With local status off, and outside MQTT mode, the IoT Core statusTopic is another bus.
+        v["localStatusTopic"] = json!("");
+        assert!(Config::from_value(&v, Path::new("/"), Path::new("/")).is_ok());
+        v["mqtt"] = json!({"endpoint": "broker.example.com"});
+        assert_eq!(err(&v)[0].key, "triggerTopic");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`progress`]: the terminal progress bar of `once`.
 //! - [`check`]: the preflight doctor (`gg-s3-sync check`).
 //! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
+//! - [`topic`]: MQTT topic filter matching (pure).
 //! - [`clock`], [`backoff`], [`errtext`]: injected time, retry policy, error text.
 
 pub mod app;
@@ -30,3 +31,4 @@ pub mod mqtt;
 pub mod progress;
 pub mod status;
 pub mod sync;
+pub mod topic;

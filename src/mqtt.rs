@@ -110,7 +110,7 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::Publish(p)))
                         if trigger_topic
                             .as_deref()
-                            .is_some_and(|t| topic_matches(t, &p.topic)) =>
+                            .is_some_and(|t| crate::topic::matches(t, &p.topic)) =>
                     {
                         tracing::info!(topic = %p.topic, "sync requested over MQTT");
                         let _ = trigger_tx.try_send(());
@@ -175,32 +175,3 @@ impl Mqtt {
 
 /// AWS IoT Core's MQTT message size limit (128 KiB), for both directions.
 pub const IOT_CORE_MAX_PACKET: usize = 128 * 1024;
-
-/// MQTT filter match (`+` one level, `#` the rest).
-#[must_use]
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters() {
-        assert!(topic_matches("gg-s3-sync/sync-now", "gg-s3-sync/sync-now"));
-        assert!(topic_matches("fleet/+/sync", "fleet/t1/sync"));
-        assert!(topic_matches("fleet/#", "fleet/a/b"));
-        assert!(!topic_matches("fleet/+", "fleet/a/b"));
-    }
-}

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{bin, noise, python, tree, Env};
-use devstack::nucleus::FakeNucleus;
+use devstack::nucleus::{FakeNucleus, Personality};
 use serde_json::{json, Value};
 
 const COMPONENT: &str = "com.example.GgS3Sync";
@@ -21,21 +21,48 @@ struct Gg {
 }
 
 async fn setup(config: Value) -> Gg {
+    setup_as(config, Personality::Classic).await
+}
+
+/// A Greengrass root for `personality`: the classic nucleus writes `system.*` to
+/// `<root>/config/effectiveConfig.yaml`; lite keeps it in `config.yaml` + `config.d/` (here in
+/// `<root>/etc-greengrass`, given as `GG_S3_SYNC_LITE_CONFIG_DIR`), with no effectiveConfig.
+async fn setup_as(config: Value, personality: Personality) -> Gg {
     let env = Env::default().await;
     let dir = env.tmp.path().join("greengrass");
+    let system = format!(
+        "system:\n  certificateFilePath: \"{}\"\n  privateKeyPath: \"{}\"\n  rootCaPath: \"/nonexistent/rootCA.pem\"\n  thingName: \"{}\"\n",
+        env.stack.device.cert_path.display(),
+        env.stack.device.key_path.display(),
+        env.stack.options.thing_name
+    );
     std::fs::create_dir_all(dir.join("config")).unwrap();
-    // The nucleus's own files, where discovery finds the certificate and key.
-    std::fs::write(
-        dir.join("config/effectiveConfig.yaml"),
-        format!(
-            "system:\n  certificateFilePath: \"{}\"\n  privateKeyPath: \"{}\"\n  rootCaPath: \"/nonexistent/rootCA.pem\"\n  thingName: \"{}\"\n",
-            env.stack.device.cert_path.display(),
-            env.stack.device.key_path.display(),
-            env.stack.options.thing_name
-        ),
-    )
-    .unwrap();
-    let nucleus = FakeNucleus::start(&dir).await.unwrap();
+    std::fs::create_dir_all(dir.join("etc-greengrass/config.d")).unwrap();
+    match personality {
+        Personality::Classic => {
+            std::fs::write(dir.join("config/effectiveConfig.yaml"), system).unwrap();
+        }
+        Personality::Lite => {
+            // The key path in a config.d fragment overrides config.yaml's, as ggconfigd merges.
+            std::fs::write(
+                dir.join("etc-greengrass/config.yaml"),
+                system.replace(
+                    &env.stack.device.key_path.display().to_string(),
+                    "/nonexistent/overridden.key",
+                ),
+            )
+            .unwrap();
+            std::fs::write(
+                dir.join("etc-greengrass/config.d/key.yaml"),
+                format!(
+                    "system:\n  privateKeyPath: \"{}\"\n",
+                    env.stack.device.key_path.display()
+                ),
+            )
+            .unwrap();
+        }
+    }
+    let nucleus = FakeNucleus::start_as(&dir, personality).await.unwrap();
     nucleus.set_nucleus_config(json!({
         "iotCredEndpoint": env.stack.credentials_endpoint(),
         "awsRegion": "us-east-1",
@@ -69,6 +96,10 @@ impl Gg {
             .env("SVCUID", &self.token)
             .env("AWS_IOT_THING_NAME", &self.env.stack.options.thing_name)
             .env("GG_ROOT_CA_PATH", &self.env.stack.ca.files.cert_path)
+            .env(
+                "GG_S3_SYNC_LITE_CONFIG_DIR",
+                self.dir.join("etc-greengrass"),
+            )
             .env_remove("AWS_REGION")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -108,6 +139,7 @@ impl Gg {
             .nucleus
             .local_publishes()
             .into_iter()
+            .filter(|p| p.component == COMPONENT)
             .map(|p| p.message)
             .collect();
         for p in self.nucleus.iot_publishes() {
@@ -387,4 +419,261 @@ async fn ended_subscription_reports_errored_and_empty_topics_disable_publishing(
     let status = wait_exit(child).await;
     assert_eq!(status.code(), Some(3), "{}", gg.log());
     assert_eq!(gg.nucleus.states(COMPONENT), ["RUNNING", "ERRORED"]);
+}
+
+fn running(child: &mut Child) -> bool {
+    child.try_wait().unwrap().is_none()
+}
+
+/// Released nucleus lite (v2.6.0) as it behaves: the nucleus's keys only under
+/// aws.greengrass.NucleusLite, system.* only in its config files, UpdateState refused until its
+/// health daemon is up, a 10,012-byte frame limit that closes the connection, and local JSON
+/// deliveries limited to ~22 keys. A bucket full of hostile keys must not take the component
+/// down, and a local subscriber must get every status document.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_on_released_nucleus_lite_with_a_bucket_full_of_problems() {
+    let local = tempfile::tempdir().unwrap();
+    let gg = setup_as(
+        json!({
+            "bucket": devstack::Options::default().bucket,
+            "prefix": "a/",
+            "localDir": local.path(),
+            "syncIntervalSeconds": "3600",
+        }),
+        Personality::Lite,
+    )
+    .await;
+    gg.nucleus.set_health_ready(false);
+    gg.nucleus.update_configuration(
+        COMPONENT,
+        &[],
+        &json!({"s3EndpointUrl": gg.env.stack.s3.url(), "s3ForcePathStyle": "true"}),
+    );
+    gg.env.put("a/1.txt", "one").await;
+    for i in 0..300 {
+        // Long hostile keys: each listed problem would be over a kilobyte.
+        let key = format!("a/../{}/{i}", "x".repeat(900));
+        gg.env
+            .stack
+            .s3
+            .put_virtual_object(gg.env.bucket(), &key, "pwned");
+    }
+    // Another component watches the status topic, as a dashboard would.
+    let token = gg.nucleus.register_component(
+        "com.example.Dashboard",
+        json!({"accessControl": devstack::nucleus::allow_all_access_control()}),
+    );
+    let watcher = gg_s3_sync::ipc::IpcClient::connect(gg.nucleus.socket(), &token)
+        .await
+        .unwrap();
+    let mut seen = watcher
+        .subscribe_to_topic("gg-s3-sync/status")
+        .await
+        .unwrap();
+    let mut child = gg.spawn();
+
+    let msg = tokio::time::timeout(Duration::from_secs(30), seen.next())
+        .await
+        .unwrap_or_else(|_| panic!("no local status; log:\n{}", gg.log()))
+        .unwrap()
+        .unwrap();
+    let bytes = msg
+        .binary_message
+        .expect("status is a binary message")
+        .message;
+    let bytes = aws_smithy_types::base64::decode(bytes).unwrap();
+    assert!(
+        bytes.len() <= gg_s3_sync::status::MAX_DOCUMENT_BYTES,
+        "{}",
+        bytes.len()
+    );
+    let doc: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(doc["state"], "SYNCED", "{doc}");
+    assert_eq!(doc["lastPass"]["skipped"], 300);
+    assert_eq!(doc["truncated"], true);
+    assert!(doc["lastPass"]["skippedKeys"].as_array().unwrap().len() <= 20);
+    assert_eq!(std::fs::read(local.path().join("1.txt")).unwrap(), b"one");
+    assert!(
+        gg.nucleus
+            .wait_until(Duration::from_secs(10), |n| !n.iot_publishes().is_empty())
+            .await
+    );
+    assert!(gg.nucleus.iot_publishes()[0].payload.len() <= gg_s3_sync::status::MAX_DOCUMENT_BYTES);
+    assert_eq!(gg.nucleus.connections_closed_for_size(), 0, "{}", gg.log());
+    assert!(running(&mut child), "{}", gg.log());
+    assert!(
+        gg.nucleus.states(COMPONENT).is_empty(),
+        "UpdateState was refused"
+    );
+
+    // The health daemon comes up: RUNNING is reported after the next pass.
+    gg.nucleus.set_health_ready(true);
+    watcher
+        .publish_to_topic("gg-s3-sync/sync-now", json!({}))
+        .await
+        .unwrap();
+    assert!(
+        gg.nucleus
+            .wait_until(Duration::from_secs(30), |n| n.states(COMPONENT)
+                == ["RUNNING"])
+            .await,
+        "{}",
+        gg.log()
+    );
+    let log = gg.log();
+    for line in [
+        "source=nucleus iotCredEndpoint (aws.greengrass.NucleusLite)",
+        "source=nucleus iotRoleAlias (aws.greengrass.NucleusLite)",
+        "etc-greengrass/config.d/key.yaml system.privateKeyPath",
+        "etc-greengrass/config.yaml system.certificateFilePath",
+    ] {
+        assert!(log.contains(line), "({line}):\n{log}");
+    }
+    assert!(gg.validate_all_status_documents() >= 2);
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_exit(child).await.code(), Some(0), "{}", gg.log());
+}
+
+/// The classic nucleus takes a DeferComponentUpdate only as the answer to an outstanding
+/// preUpdateEvent. An answer that comes too late is refused, which must not end the component;
+/// and a pass may hold an update back for maxDeferSeconds at most.
+#[tokio::test(flavor = "multi_thread")]
+async fn classic_deferral_survives_a_refused_answer_and_is_capped() {
+    let local = tempfile::tempdir().unwrap();
+    let gg = setup(json!({
+        "bucket": devstack::Options::default().bucket,
+        "prefix": "b/",
+        "localDir": local.path(),
+        "syncIntervalSeconds": "3600",
+        "maxDeferSeconds": "2",
+    }))
+    .await;
+    gg.nucleus.update_configuration(
+        COMPONENT,
+        &[],
+        &json!({"s3EndpointUrl": gg.env.stack.s3.url(), "s3ForcePathStyle": "true"}),
+    );
+    // 4 MiB in 4 KiB chunks, 30 ms each: a pass of about half a minute.
+    gg.env.put("b/big.bin", noise(4 << 20, 3)).await;
+    gg.env.stack.s3.set_chunk_delay(Duration::from_millis(30));
+    let mut child = gg.spawn();
+    let l = local.path().to_owned();
+    for _ in 0..1500 {
+        if tree(&l).keys().any(|k| k.contains(".gg-s3-sync.")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gg.nucleus.subscribed_to_updates(COMPONENT), "{}", gg.log());
+
+    // 1. The nucleus stops waiting at once (its timeout passed): the answer is refused.
+    assert!(
+        !gg.nucleus
+            .component_update("too-late", Duration::ZERO)
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(gg.log().contains("did not take the answer"), "{}", gg.log());
+    assert!(
+        running(&mut child),
+        "a refused answer is not fatal:\n{}",
+        gg.log()
+    );
+
+    // 2. The pass keeps deferring the next deployment for maxDeferSeconds (2 s), then stops
+    // at a safe point and lets it proceed; the stopped pass resumes after the update.
+    #[allow(clippy::disallowed_methods)] // measures the real component's real wait
+    let started = std::time::Instant::now();
+    assert!(
+        gg.nucleus
+            .component_update("d-2", Duration::from_secs(60))
+            .await,
+        "{}",
+        gg.log()
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+    let defers: Vec<u64> = gg
+        .nucleus
+        .defers()
+        .iter()
+        .filter(|d| d.deployment_id == "d-2")
+        .map(|d| d.recheck_after_ms)
+        .collect();
+    assert!(
+        defers[0] > 0 && defers[0] <= 2_000 && *defers.last().unwrap() == 0,
+        "{defers:?}"
+    );
+    assert!(
+        !local.path().join("big.bin").exists(),
+        "the stopped pass left nothing under the final name"
+    );
+    gg.env.stack.s3.set_chunk_delay(Duration::ZERO);
+    wait_file(local.path().join("big.bin")).await;
+    let s = gg
+        .status("the resumed pass", |m| m["state"] == "SYNCED")
+        .await;
+    assert_eq!(s["lastPass"]["downloaded"], 1, "{s}");
+    assert_eq!(
+        std::fs::read(local.path().join("big.bin")).unwrap(),
+        noise(4 << 20, 3)
+    );
+    assert!(running(&mut child));
+    let _ = child.kill();
+}
+
+/// A cloud deployment on the classic nucleus goes through Gson: a prefix deployed as 2024
+/// arrives as 2024.0 and must still mean the folder 2024/. A trigger subscription the nucleus
+/// ends is made again.
+#[tokio::test(flavor = "multi_thread")]
+async fn gson_numbers_and_an_ended_trigger_subscription() {
+    let local = tempfile::tempdir().unwrap();
+    let gg = setup(json!({
+        "bucket": devstack::Options::default().bucket,
+        "localDir": local.path(),
+        "syncIntervalSeconds": 3600,
+    }))
+    .await;
+    gg.nucleus.deploy_configuration(
+        COMPONENT,
+        &json!({
+            "prefix": 2024,
+            "syncIntervalSeconds": 3600,
+            "s3EndpointUrl": gg.env.stack.s3.url(),
+            "s3ForcePathStyle": true,
+        }),
+    );
+    assert_eq!(
+        gg.nucleus.configuration(COMPONENT)["prefix"].to_string(),
+        "2024.0"
+    );
+    gg.env.put("2024/a.txt", "a").await;
+    let mut child = gg.spawn();
+    let s = gg
+        .status("a pass of 2024/", |m| m["state"] == "SYNCED")
+        .await;
+    assert_eq!(s["prefix"], "2024/", "{s}");
+    assert_eq!(std::fs::read(local.path().join("a.txt")).unwrap(), b"a");
+
+    gg.nucleus.end_topic_subscriptions(COMPONENT);
+    assert!(
+        gg.nucleus
+            .wait_until(Duration::from_secs(10), |n| n
+                .subscribed_to_topic(COMPONENT, "gg-s3-sync/sync-now"))
+            .await,
+        "resubscribed:\n{}",
+        gg.log()
+    );
+    gg.env.put("2024/b.txt", "b").await;
+    gg.nucleus.publish_local("gg-s3-sync/sync-now", json!({}));
+    wait_file(local.path().join("b.txt")).await;
+    assert!(running(&mut child));
+    let _ = child.kill();
 }

@@ -474,6 +474,11 @@ fn deadline_after(d: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + d
 }
 
+#[allow(clippy::disallowed_methods)]
+fn deadline_passed(deadline: tokio::time::Instant) -> bool {
+    tokio::time::Instant::now() >= deadline
+}
+
 fn random_token() -> String {
     (0..16)
         .map(|_| char::from(b'A' + fastrand::u8(..26)))
@@ -871,7 +876,11 @@ impl FakeNucleus {
                 }
             }
             agreed = all_zero;
-            if agreed || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // An elapsed deadline ends the wait at once (a timer would round it up to a tick).
+            if agreed
+                || deadline_passed(deadline)
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
                 break;
             }
         }
