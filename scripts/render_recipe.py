@@ -1,6 +1,9 @@
 """Render recipe.yaml for a custom GDK build and validate it like GDK would.
 
-Usage: render_recipe.py GDK_CONFIG RECIPE_TEMPLATE OUTPUT
+Usage: render_recipe.py [--non-root] GDK_CONFIG RECIPE_TEMPLATE OUTPUT
+--non-root renders the variant that runs as the component's user (docs/deploy.md): no
+RequiresPrivilege, and the artifact readable and executable by that user (Permission ALL; the
+nucleus owns artifacts as root, so OWNER would let only root run it).
 Validates gdk-config.json against GDK's config schema, substitutes {COMPONENT_NAME},
 {COMPONENT_VERSION} and {COMPONENT_AUTHOR}, then validates the rendered recipe against GDK's
 recipe schema after lower-casing every key (as GDK's RecipeValidator does) and checks GDK's
@@ -43,7 +46,20 @@ def first_error(validator, document):
     return None
 
 
-def main(gdk_config_path, template_path, output_path):
+def non_root(text):
+    """The recipe without RequiresPrivilege and with artifacts any user may read and run."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("RequiresPrivilege:"):
+            continue
+        if stripped in ("Read: OWNER", "Execute: OWNER"):
+            line = line.replace("OWNER", "ALL")
+        out.append(line)
+    return "".join(out)
+
+
+def main(gdk_config_path, template_path, output_path, run_as_root=True):
     with open(os.path.join(SCHEMAS, "config_schema.json")) as f:
         config_schema = json.load(f)
     with open(os.path.join(SCHEMAS, "recipe_schema.json")) as f:
@@ -67,6 +83,8 @@ def main(gdk_config_path, template_path, output_path):
         .replace("{COMPONENT_VERSION}", version)
         .replace("{COMPONENT_AUTHOR}", component["author"])
     )
+    if not run_as_root:
+        rendered = non_root(rendered)
     if len(rendered.encode()) > MAX_RECIPE_BYTES:
         fail(f"rendered recipe is {len(rendered.encode())} bytes; GDK allows {MAX_RECIPE_BYTES}")
     try:
@@ -76,6 +94,11 @@ def main(gdk_config_path, template_path, output_path):
     problem = first_error(jsonschema.Draft7Validator(recipe_schema), lower_keys(recipe))
     if problem:
         fail(f"rendered recipe does not match GDK's recipe schema: {problem}")
+    for manifest in recipe.get("Manifests", []):
+        run = manifest.get("Lifecycle", {}).get("run", {})
+        perms = [a.get("Permission", {}) for a in manifest.get("Artifacts", [])]
+        if not run_as_root and (run.get("RequiresPrivilege") or any(p.get("Execute") != "ALL" for p in perms)):
+            fail("the non-root recipe still needs root (RequiresPrivilege or Execute: OWNER left)")
     leftover = [p for p in ("{COMPONENT_NAME}", "{COMPONENT_VERSION}", "{COMPONENT_AUTHOR}") if p in rendered]
     if leftover:
         fail(f"placeholders left in the recipe: {leftover}")
@@ -86,6 +109,9 @@ def main(gdk_config_path, template_path, output_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        fail("usage: render_recipe.py GDK_CONFIG RECIPE_TEMPLATE OUTPUT")
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    as_root = "--non-root" not in args
+    args = [a for a in args if a != "--non-root"]
+    if len(args) != 3:
+        fail("usage: render_recipe.py [--non-root] GDK_CONFIG RECIPE_TEMPLATE OUTPUT")
+    main(*args, run_as_root=as_root)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -675,5 +675,125 @@ async fn gson_numbers_and_an_ended_trigger_subscription() {
     gg.nucleus.publish_local("gg-s3-sync/sync-now", json!({}));
     wait_file(local.path().join("b.txt")).await;
     assert!(running(&mut child));
+    let _ = child.kill();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+}
+
+/// docs/deploy.md's non-root variant under the classic nucleus's real permissions
+/// (Permissions.java): the root 0755, `<root>/config` 0700 (so effectiveConfig.yaml is out of
+/// reach), the installer's key 0600 root, the IPC socket writable by all, the component's work
+/// folder 0700 owned by its user, and the artifact as its recipe's Permission makes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_as_the_component_user_with_the_documented_settings() {
+    const NOBODY: u32 = 65534;
+    let gg = setup(json!({
+        "bucket": devstack::Options::default().bucket,
+        "prefix": "a/",
+        "syncIntervalSeconds": "3600",
+    }))
+    .await;
+    let root = gg.dir.clone();
+    for p in [gg.env.tmp.path(), root.as_path()] {
+        chmod(p, 0o755);
+    }
+    chmod(&root.join("config"), 0o700);
+    chmod(&root.join("ipc.socket"), 0o666);
+    // The installer's files, where discovery looks when effectiveConfig.yaml is unreadable.
+    let copy = |from: &Path, name: &str, mode: u32| {
+        std::fs::copy(from, root.join(name)).unwrap();
+        chmod(&root.join(name), mode);
+    };
+    copy(&gg.env.stack.device.key_path, "privKey.key", 0o600);
+    copy(&gg.env.stack.device.cert_path, "thingCert.crt", 0o644);
+    copy(&gg.env.stack.ca.files.cert_path, "rootCA.pem", 0o644);
+    let work = root.join("work").join(COMPONENT);
+    std::fs::create_dir_all(&work).unwrap();
+    chmod(&root.join("work"), 0o755);
+    chown(&work, NOBODY, NOBODY);
+    chmod(&work, 0o700);
+    let local = root.join("content");
+    std::fs::create_dir(&local).unwrap();
+    chown(&local, NOBODY, NOBODY);
+    gg.nucleus.update_configuration(
+        COMPONENT,
+        &[],
+        &json!({"localDir": local, "s3EndpointUrl": gg.env.stack.s3.url(), "s3ForcePathStyle": "true"}),
+    );
+    gg.env.put("a/1.txt", "one").await;
+    let artifact = root.join("gg-s3-sync-x86_64");
+    std::fs::copy(bin(), &artifact).unwrap();
+    let start = |log: &str| {
+        // As the nucleus runs a lifecycle script: a shell as the component's user (setpriv still
+        // holds its capabilities when it calls execve, so it would run any file).
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["/bin/sh", "-c", "exec \"$0\" \"$@\""])
+            .arg(&artifact)
+            .args(["run", "--kernel-root"])
+            .arg(&root)
+            .arg("--work-dir")
+            .arg(&work)
+            .current_dir(&work)
+            .env(
+                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+                root.join("ipc.socket"),
+            )
+            .env("SVCUID", &gg.token)
+            .env("AWS_IOT_THING_NAME", &gg.env.stack.options.thing_name)
+            .env("GG_ROOT_CA_PATH", root.join("rootCA.pem"))
+            .env("GG_S3_SYNC_LITE_CONFIG_DIR", root.join("etc-greengrass"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join(log)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+
+    // The default recipe's Permission (Execute: OWNER) leaves the root-owned artifact 0700.
+    chmod(&artifact, 0o700);
+    let status = wait_exit(start("owner-only.log")).await;
+    assert!(!status.success(), "only root may run an OWNER artifact");
+
+    // The --non-root recipe's Permission (Read/Execute: ALL): 0755. The key is still root's.
+    chmod(&artifact, 0o755);
+    let child = start("component.log");
+    let s = gg
+        .status("the unreadable key", |m| {
+            m["error"]["code"] == "CredentialFileUnreadable"
+        })
+        .await;
+    let message = s["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("privKey.key") && message.contains("uid 65534"),
+        "{message}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(wait_exit(child).await.code(), Some(0));
+
+    // The documented fix: the component user's group may read the key.
+    chown(&root.join("privKey.key"), 0, NOBODY);
+    chmod(&root.join("privKey.key"), 0o640);
+    let mut child = start("component.log");
+    let s = gg
+        .status("a pass as uid 65534", |m| m["state"] == "SYNCED")
+        .await;
+    assert_eq!(s["lastPass"]["downloaded"], 1, "{s}");
+    let meta = std::fs::metadata(local.join("1.txt")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), NOBODY);
+    assert!(running(&mut child));
+    let log = gg.log();
+    assert!(
+        log.contains("source=installer default"),
+        "effectiveConfig.yaml is unreadable in <root>/config (0700):\n{log}"
+    );
     let _ = child.kill();
 }

@@ -341,3 +341,29 @@ fn fake_nucleus_uses_the_recipe_access_control() {
         devstack::nucleus::recipe_access_control(name)
     );
 }
+
+/// `scripts/build-component --non-root`: the variant docs/deploy.md describes, with nothing
+/// left that needs root.
+#[test]
+fn non_root_rendering_needs_no_root() {
+    let out = tempfile::tempdir().unwrap();
+    let r = Command::new(common::python())
+        .arg(Path::new(ROOT).join("scripts/render_recipe.py"))
+        .arg("--non-root")
+        .arg(Path::new(ROOT).join("gdk-config.json"))
+        .arg(Path::new(ROOT).join("recipe.yaml"))
+        .arg(out.path().join("recipe.yaml"))
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = std::fs::read_to_string(out.path().join("recipe.yaml")).unwrap();
+    let v: Value = serde_norway::from_str(&text).unwrap();
+    for m in v["Manifests"].as_array().unwrap() {
+        assert!(
+            m["Lifecycle"]["run"].get("RequiresPrivilege").is_none(),
+            "{m}"
+        );
+        let p = &m["Artifacts"][0]["Permission"];
+        assert_eq!((&p["Read"], &p["Execute"]), (&json!("ALL"), &json!("ALL")));
+    }
+}
