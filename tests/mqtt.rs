@@ -135,6 +135,27 @@ impl Client {
     }
 }
 
+/// A second device on the broker that watches the component's topics.
+fn watcher(env: &Env, port: u16) -> Client {
+    let files = env
+        .stack
+        .add_device(
+            "watcher",
+            Device {
+                thing: Some("watcher".into()),
+                allowed_aliases: vec![],
+                active: true,
+            },
+        )
+        .unwrap();
+    Client {
+        cert: files.cert_path,
+        key: files.key_path,
+        ca: env.stack.ca.files.cert_path.clone(),
+        port,
+    }
+}
+
 async fn wait_for(
     messages: &Arc<Mutex<Vec<(String, Value)>>>,
     what: &str,
@@ -163,23 +184,7 @@ async fn status_trigger_and_last_will_over_mqtt() {
     let env = Env::default().await;
     env.put("m/a.txt", "a").await;
     let (_broker, port) = broker(&env);
-    let watcher = env
-        .stack
-        .add_device(
-            "watcher",
-            Device {
-                thing: Some("watcher".into()),
-                allowed_aliases: vec![],
-                active: true,
-            },
-        )
-        .unwrap();
-    let client = Client {
-        cert: watcher.cert_path,
-        key: watcher.key_path,
-        ca: env.stack.ca.files.cert_path.clone(),
-        port,
-    };
+    let client = watcher(&env, port);
     let (_sub, messages) = client.subscribe("gg-s3-sync/#");
     tokio::time::sleep(Duration::from_millis(300)).await; // the subscription is in place
 
@@ -380,4 +385,69 @@ async fn reconnects_and_resubscribes_after_the_broker_restarts() {
         v["lastPass"]["downloaded"] == 1 && v["lastPass"]["unchanged"] == 1
     })
     .await;
+}
+
+/// rumqttc refuses publishes over 10 KiB by default, drops the connection, and the broker then
+/// fires the OFFLINE last will: monitoring went dark exactly when a pass had many problems. The
+/// status now fits the budget, and the client's limit is IoT Core's 128 KiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_with_many_problems_keeps_the_mqtt_connection() {
+    let env = Env::default().await;
+    env.put("m/a.txt", "a").await;
+    for i in 0..300 {
+        let key = format!("m/../{}/{i}", "x".repeat(900));
+        env.stack.s3.put_virtual_object(env.bucket(), &key, "pwned");
+    }
+    let (_broker, port) = broker(&env);
+    let client = watcher(&env, port);
+    let (_sub, messages) = client.subscribe("gg-s3-sync/#");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cfg = env.write_config(&env.config("m/", |m| {
+        m.insert(
+            "mqtt".into(),
+            json!({"endpoint": format!("localhost:{port}")}),
+        );
+        m.insert("syncIntervalSeconds".into(), "3600".into());
+    }));
+    let log = env.tmp.path().join("component.log");
+    let _component = Proc(
+        Command::new(bin())
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let s = wait_for(&messages, "a status with 300 skipped keys", |_, v| {
+        v["lastPass"]["skipped"] == 300
+    })
+    .await;
+    assert_eq!(s["truncated"], true, "{s}");
+    assert!(s.to_string().len() <= gg_s3_sync::status::MAX_DOCUMENT_BYTES);
+    // A second pass: still connected, no last will in between.
+    client.publish("gg-s3-sync/sync-now", "{}");
+    for _ in 0..500 {
+        if messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["lastPass"]["skipped"] == 300)
+            .count()
+            >= 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = messages.lock().unwrap().clone();
+    assert!(
+        got.iter().all(|(_, v)| v["state"] != "OFFLINE"),
+        "the connection dropped: {:?}\n{}",
+        got.iter().map(|(_, v)| &v["state"]).collect::<Vec<_>>(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        got.len() >= 2,
+        "the trigger reached the component over the same connection"
+    );
 }
