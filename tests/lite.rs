@@ -44,7 +44,7 @@ fn skip(rev: &str, why: &str) {
 }
 
 /// Why the tier cannot run on this machine, if it cannot.
-fn unavailable() -> Option<String> {
+fn unavailable(rev: &str) -> Option<String> {
     if !kit().join("build.sh").exists() {
         return Some(format!(
             "the nucleus lite kit is not at {} (set GGLITE_KIT); its pinned sources are not fetched here",
@@ -64,7 +64,7 @@ fn unavailable() -> Option<String> {
     let Some(cgroup) = cgroup else {
         return Some("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified".into());
     };
-    let probe = cgroup.join(format!("gg-s3-sync-probe-{}", std::process::id()));
+    let probe = cgroup.join(format!("gg-s3-sync-probe-{}-{rev}", std::process::id()));
     if std::fs::create_dir(&probe).is_err() {
         return Some(format!("{} is not writable", cgroup.display()));
     }
@@ -125,7 +125,7 @@ fn build(rev: &str) {
 /// Runs the scenario inside the kit's namespaces (own /run/greengrass, loopback-only network),
 /// by running this test binary's `inner` test there.
 fn tier(rev: &str) {
-    if let Some(why) = unavailable() {
+    if let Some(why) = unavailable(rev) {
         skip(rev, &why);
         return;
     }

@@ -52,7 +52,14 @@ async fn awsiotsdk_talks_to_the_fake_nucleus() {
         out["nucleus"],
         json!({"iotCredEndpoint": "abc.credentials.iot.eu-west-1.amazonaws.com"})
     );
-    assert_eq!(out["whole"], json!({"bucket": "b1", "prefix": "p/"}));
+    assert_eq!(
+        (&out["whole"]["bucket"], &out["whole"]["prefix"]),
+        (&json!("b1"), &json!("p/"))
+    );
+    assert!(
+        out["whole"].get("accessControl").is_some(),
+        "the whole configuration includes accessControl"
+    );
     assert_eq!(
         out["missing"],
         json!({"type": "ResourceNotFoundError", "message": "Key not found"})
