@@ -298,3 +298,21 @@ async fn lite_personality_behaves_like_nucleus_lite() {
     assert!(!reason.is_empty());
     assert_eq!(n.connections_closed_for_size(), 1);
 }
+
+/// The component subscribes with RECEIVE_MESSAGES_FROM_OTHERS: on the classic nucleus an exact
+/// topic otherwise delivers the subscriber's own messages too (PubSubIPCEventStreamAgent).
+#[tokio::test(flavor = "multi_thread")]
+async fn own_messages_are_not_delivered_back() {
+    let (_d, n, c) = setup().await;
+    let mut sub = c.subscribe_to_topic("t/own").await.unwrap();
+    c.publish_to_topic("t/own", json!({"mine": true}))
+        .await
+        .unwrap();
+    n.publish_local("t/own", json!({"other": true}));
+    let m = sub.next().await.unwrap().unwrap();
+    assert_eq!(
+        m.json_message.unwrap().message,
+        json!({"other": true}),
+        "the first message delivered is the other component's"
+    );
+}

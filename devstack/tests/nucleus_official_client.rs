@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use devstack::nucleus::FakeNucleus;
+use devstack::nucleus::{FakeNucleus, Personality};
 use serde_json::{json, Value};
 
 fn python() -> String {
@@ -12,10 +12,12 @@ fn python() -> String {
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python3").to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn awsiotsdk_talks_to_the_fake_nucleus() {
+/// Runs AWS's client against the fake; returns its report.
+async fn report(personality: Personality) -> (FakeNucleus, Value, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let nucleus = FakeNucleus::start(dir.path()).await.unwrap();
+    let nucleus = FakeNucleus::start_as(dir.path(), personality)
+        .await
+        .unwrap();
     nucleus.set_nucleus_config(json!({"iotCredEndpoint": "abc.credentials.iot.eu-west-1.amazonaws.com", "awsRegion": "eu-west-1"}));
     let token =
         nucleus.register_component("com.example.Py", json!({"bucket": "b1", "prefix": "p/", "accessControl": devstack::nucleus::allow_all_access_control()}));
@@ -41,6 +43,12 @@ async fn awsiotsdk_talks_to_the_fake_nucleus() {
         .unwrap();
     assert!(child.wait().unwrap().success());
     let out: Value = serde_json::from_str(&last).unwrap();
+    (nucleus, out, dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn awsiotsdk_talks_to_the_fake_nucleus() {
+    let (nucleus, out, _dir) = report(Personality::Classic).await;
 
     assert_eq!(out["bad_token"], "AccessDeniedError", "{out}");
     assert_eq!(
@@ -49,9 +57,13 @@ async fn awsiotsdk_talks_to_the_fake_nucleus() {
         "leaf wrapped in its name"
     );
     assert_eq!(
-        out["nucleus"],
+        out["aws.greengrass.Nucleus"],
         json!({"iotCredEndpoint": "abc.credentials.iot.eu-west-1.amazonaws.com"})
     );
+    assert_eq!(out["update_state"], "ok");
+    assert_eq!(out["component_updates"], "ok");
+    assert_eq!(out["binary_delivered"], json!({"binary": "{\"b\":1}"}));
+    assert_eq!(out["json24_delivered"], json!({"json_keys": 24}));
     assert_eq!(
         (&out["whole"]["bucket"], &out["whole"]["prefix"]),
         (&json!("b1"), &json!("p/"))
@@ -77,9 +89,41 @@ async fn awsiotsdk_talks_to_the_fake_nucleus() {
         ("gg-s3-sync/py/status", "1", &b"hello iot"[..])
     );
     let local = nucleus.local_publishes();
-    assert_eq!(
-        (local[0].topic.as_str(), &local[0].message),
-        ("gg-s3-sync/status", &json!({"from": "python"}))
-    );
+    let status = local
+        .iter()
+        .find(|p| p.topic == "gg-s3-sync/status")
+        .unwrap();
+    assert_eq!(status.message, json!({"from": "python"}));
+    assert!(local
+        .iter()
+        .any(|p| p.binary && p.message == json!({"b": 1})));
     assert!(nucleus.wait_until(Duration::from_secs(1), |_| true).await);
+}
+
+/// The lite personality, through AWS's client, answers as the kit's probe recorded real lite
+/// v2.6.0 answering (shared/gglite/README.md, "Observed behaviour of lite").
+#[tokio::test(flavor = "multi_thread")]
+async fn awsiotsdk_sees_the_lite_personality_as_real_lite() {
+    let (_nucleus, out, _dir) = report(Personality::Lite).await;
+    assert_eq!(
+        out["aws.greengrass.Nucleus"],
+        json!({"type": "ResourceNotFoundError", "message": ""}),
+        "{out}"
+    );
+    assert_eq!(
+        out["aws.greengrass.NucleusLite"],
+        json!({"iotCredEndpoint": "abc.credentials.iot.eu-west-1.amazonaws.com"})
+    );
+    assert_eq!(
+        out["missing"],
+        json!({"type": "ResourceNotFoundError", "message": ""}),
+        "lite's errors carry no message"
+    );
+    assert_eq!(out["component_updates"], "ServiceError");
+    assert_eq!(out["binary_delivered"], json!({"binary": "{\"b\":1}"}));
+    assert_eq!(
+        out["json24_delivered"],
+        Value::Null,
+        "a 24-key JSON message is not delivered on lite"
+    );
 }
