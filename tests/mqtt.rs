@@ -135,6 +135,17 @@ impl Client {
     }
 }
 
+/// `gg-s3-sync run --config cfg`, logging to `component.log` in the test's folder.
+fn run_component(env: &Env, cfg: &std::path::Path) -> std::process::Child {
+    Command::new(bin())
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(env.tmp.path().join("component.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// A second device on the broker that watches the component's topics.
 fn watcher(env: &Env, port: u16) -> Client {
     let files = env
@@ -195,14 +206,7 @@ async fn status_trigger_and_last_will_over_mqtt() {
         );
         m.insert("syncIntervalSeconds".into(), "3600".into());
     }));
-    let spawn = || {
-        Command::new(bin())
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(env.tmp.path().join("component.log")).unwrap())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || run_component(&env, &cfg);
     let mut component = Proc(spawn());
     let topic = format!("gg-s3-sync/{}/status", env.stack.options.thing_name);
     let s = wait_for(&messages, "a SYNCED status", |t, v| {
@@ -320,23 +324,7 @@ async fn reconnects_and_resubscribes_after_the_broker_restarts() {
     let env = Env::default().await;
     env.put("r/a.txt", "a").await;
     let (broker1, port) = broker(&env);
-    let watcher = env
-        .stack
-        .add_device(
-            "watcher",
-            Device {
-                thing: Some("watcher".into()),
-                allowed_aliases: vec![],
-                active: true,
-            },
-        )
-        .unwrap();
-    let client = Client {
-        cert: watcher.cert_path,
-        key: watcher.key_path,
-        ca: env.stack.ca.files.cert_path.clone(),
-        port,
-    };
+    let client = watcher(&env, port);
     let cfg = env.write_config(&env.config("r/", |m| {
         m.insert(
             "mqtt".into(),
@@ -410,14 +398,7 @@ async fn a_pass_with_many_problems_keeps_the_mqtt_connection() {
         m.insert("syncIntervalSeconds".into(), "3600".into());
     }));
     let log = env.tmp.path().join("component.log");
-    let _component = Proc(
-        Command::new(bin())
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _component = Proc(run_component(&env, &cfg));
     let s = wait_for(&messages, "a status with 300 skipped keys", |_, v| {
         v["lastPass"]["skipped"] == 300
     })

@@ -601,9 +601,13 @@ impl FakeNucleus {
     /// Ends `component`'s topic subscriptions from the server side (an empty TERMINATE), as a
     /// nucleus does when it drops a subscriber.
     pub fn end_topic_subscriptions(&self, component: &str) {
+        self.end_subscriptions(component, |k| matches!(k, SubKind::Topic { .. }));
+    }
+
+    fn end_subscriptions(&self, component: &str, which: impl Fn(&SubKind) -> bool) {
         let mut s = lock(&self.state);
         s.subs.retain(|sub| {
-            let mine = sub.conn.component == component && matches!(sub.kind, SubKind::Topic { .. });
+            let mine = sub.conn.component == component && which(&sub.kind);
             if mine {
                 let _ = sub
                     .conn
@@ -932,18 +936,7 @@ impl FakeNucleus {
     /// Ends `component`'s configuration subscriptions from the server side (an empty
     /// TERMINATE frame), as a nucleus does when it drops a subscriber.
     pub fn end_configuration_subscriptions(&self, component: &str) {
-        let mut s = lock(&self.state);
-        s.subs.retain(|sub| {
-            let mine =
-                sub.conn.component == component && matches!(sub.kind, SubKind::Config { .. });
-            if mine {
-                let _ = sub
-                    .conn
-                    .tx
-                    .send(frame(0, 2, sub.stream_id, None, Bytes::new()));
-            }
-            !mine
-        });
+        self.end_subscriptions(component, |k| matches!(k, SubKind::Config { .. }));
     }
 
     /// Closes every component connection (as a nucleus restart would).
