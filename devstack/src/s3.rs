@@ -72,6 +72,61 @@ struct VirtualObject {
     modified: SystemTime,
     /// Base64 CRC32, sent as `x-amz-checksum-crc32` when the client asks for checksums.
     crc32: Option<String>,
+    /// How the object is encrypted at rest, as GET and HEAD report it.
+    encryption: Encryption,
+}
+
+/// Server-side encryption of an object, and what it does to the ETag.
+///
+/// AWS documents (S3 User Guide, "Checking object integrity", and the `ETag` field of the
+/// `Object` type): an object uploaded with a single PUT and encrypted with SSE-S3 (or not at
+/// all) has the MD5 of its data as ETag; with SSE-KMS, DSSE-KMS or SSE-C the ETag is **not** the
+/// MD5 of the data. GET and HEAD then carry `x-amz-server-side-encryption: aws:kms` (or
+/// `aws:kms:dsse`) with `x-amz-server-side-encryption-aws-kms-key-id`, or
+/// `x-amz-server-side-encryption-customer-algorithm: AES256` for SSE-C. moto does not model the
+/// non-MD5 ETag (it always returns the MD5), so this fake follows the documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encryption {
+    /// SSE-S3 (AES256) or none: the ETag is the data's MD5.
+    #[default]
+    S3Managed,
+    /// SSE-KMS: `aws:kms`; the ETag is opaque.
+    Kms,
+    /// DSSE-KMS: `aws:kms:dsse`; the ETag is opaque.
+    DualLayerKms,
+    /// SSE-C: customer-provided key; the ETag is opaque.
+    CustomerKey,
+}
+
+impl Encryption {
+    /// `x-amz-server-side-encryption`, `…-aws-kms-key-id`, `…-customer-algorithm`.
+    fn headers(
+        self,
+    ) -> (
+        Option<s3s::dto::ServerSideEncryption>,
+        Option<String>,
+        Option<String>,
+    ) {
+        const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/devstack";
+        match self {
+            Self::S3Managed => (
+                Some(s3s::dto::ServerSideEncryption::from_static("AES256")),
+                None,
+                None,
+            ),
+            Self::Kms => (
+                Some(s3s::dto::ServerSideEncryption::from_static("aws:kms")),
+                Some(KEY.to_owned()),
+                None,
+            ),
+            Self::DualLayerKms => (
+                Some(s3s::dto::ServerSideEncryption::from_static("aws:kms:dsse")),
+                Some(KEY.to_owned()),
+                None,
+            ),
+            Self::CustomerKey => (None, None, Some("AES256".to_owned())),
+        }
+    }
 }
 
 /// A failure the S3 server injects into GETs.
@@ -418,15 +473,43 @@ impl S3 for DevS3 {
                 req.input.if_match.as_ref(),
                 req.input.if_none_match.as_ref(),
             )?;
-            let len = v.data.len();
-            let data = v.data.clone();
-            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(data) });
+            let full = v.data.len() as u64;
+            let range = match &req.input.range {
+                Some(r) => Some(
+                    r.check(full)
+                        .map_err(|_| S3Error::new(S3ErrorCode::InvalidRange))?,
+                ),
+                None => None,
+            };
+            let (data, content_range) = match &range {
+                Some(r) => (
+                    v.data.slice(
+                        usize::try_from(r.start).unwrap_or(usize::MAX)
+                            ..usize::try_from(r.end).unwrap_or(usize::MAX),
+                    ),
+                    Some(format!("bytes {}-{}/{full}", r.start, r.end - 1)),
+                ),
+                None => (v.data.clone(), None),
+            };
+            let len = data.len();
+            // Like S3 (and s3s-fs), a whole body is sent in 4 KiB chunks, so slow-link and
+            // mid-body faults apply to virtual objects too.
+            let chunks: Vec<Result<Bytes, std::io::Error>> = (0..len)
+                .step_by(4096)
+                .map(|i| Ok(data.slice(i..(i + 4096).min(len))))
+                .collect();
+            let stream = futures_util::stream::iter(chunks);
+            let (sse, kms_key, sse_c) = v.encryption.headers();
             S3Response::new(GetObjectOutput {
                 body: Some(StreamingBlob::wrap(stream)),
                 content_length: i64::try_from(len).ok(),
+                content_range,
                 e_tag: Some(ETag::Strong(v.etag)),
                 last_modified: Some(Timestamp::from(v.modified)),
-                checksum_crc32: v.crc32.filter(|_| checksums),
+                checksum_crc32: v.crc32.filter(|_| checksums && range.is_none()),
+                server_side_encryption: sse,
+                ssekms_key_id: kms_key,
+                sse_customer_algorithm: sse_c,
                 ..Default::default()
             })
         } else {
@@ -484,10 +567,14 @@ impl S3 for DevS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         if let Some(v) = self.virtual_object(&req.input.bucket, &req.input.key) {
+            let (sse, kms_key, sse_c) = v.encryption.headers();
             return Ok(S3Response::new(HeadObjectOutput {
                 content_length: i64::try_from(v.data.len()).ok(),
                 e_tag: Some(ETag::Strong(v.etag)),
                 last_modified: Some(Timestamp::from(v.modified)),
+                server_side_encryption: sse,
+                ssekms_key_id: kms_key,
+                sse_customer_algorithm: sse_c,
                 ..Default::default()
             }));
         }
@@ -714,7 +801,25 @@ impl S3Server {
     pub fn put_virtual_object(&self, bucket: &str, key: &str, data: impl Into<Bytes>) {
         let data: Bytes = data.into();
         let etag = hex::encode(Md5::digest(&data));
-        self.insert_virtual(bucket, key, data, etag, None);
+        self.insert_virtual(bucket, key, data, etag, None, Encryption::S3Managed);
+    }
+
+    /// Like [`S3Server::put_virtual_object`], encrypted with `encryption`: for SSE-KMS,
+    /// DSSE-KMS and SSE-C the ETag is 32 hex digits that are not the data's MD5.
+    pub fn put_virtual_encrypted_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+        encryption: Encryption,
+    ) {
+        let data: Bytes = data.into();
+        let etag = match encryption {
+            Encryption::S3Managed => hex::encode(Md5::digest(&data)),
+            // Opaque, as S3's: stable for these bytes, unrelated to their MD5.
+            _ => hex::encode(Md5::digest([&b"kms:"[..], &data].concat())),
+        };
+        self.insert_virtual(bucket, key, data, etag, None, encryption);
     }
 
     fn insert_virtual(
@@ -724,12 +829,14 @@ impl S3Server {
         data: Bytes,
         etag: String,
         crc32: Option<String>,
+        encryption: Encryption,
     ) {
         let object = VirtualObject {
             data,
             etag,
             modified: crate::account::now(),
             crc32,
+            encryption,
         };
         self.s3
             .shared()
@@ -749,7 +856,7 @@ impl S3Server {
         let data: Bytes = data.into();
         let etag = format!("{}-{parts}", hex::encode(Md5::digest(&data)));
         let crc32 = aws_smithy_types::base64::encode(crc32fast::hash(&data).to_be_bytes());
-        self.insert_virtual(bucket, key, data, etag, Some(crc32));
+        self.insert_virtual(bucket, key, data, etag, Some(crc32), Encryption::S3Managed);
     }
 
     /// Delays every GET by `delay` (fault injection).

@@ -919,8 +919,26 @@ async fn download_with_retries(
     hooks: &Hooks,
 ) -> Result<Outcome, Error> {
     let mut attempt = 0;
+    // The digest of the last corrupt body: the same wrong digest twice is not a transfer error
+    // but what the server stores, and no retry changes it.
+    let mut corrupt: Option<String> = None;
     loop {
         match download(source, root, job, hooks).await {
+            Err(Error::Corrupt {
+                key,
+                expected,
+                actual,
+            }) => {
+                if corrupt.as_deref() == Some(actual.as_str()) || attempt + 1 >= OBJECT_ATTEMPTS {
+                    return Err(Error::Corrupt {
+                        key,
+                        expected,
+                        actual,
+                    });
+                }
+                tracing::debug!(key = %job.key(), %actual, "retrying a body that failed verification");
+                corrupt = Some(actual);
+            }
             Err(Error::ExpiredToken) if attempt + 1 < OBJECT_ATTEMPTS => {
                 // The credentials expired under us (e.g. a long transfer); refresh, then retry.
                 creds.invalidate().await;
@@ -1026,15 +1044,7 @@ async fn download(
             Error::Local(e)
         }
     };
-    let kms_or_customer_key = out.sse_customer_algorithm().is_some()
-        || out
-            .server_side_encryption()
-            .is_some_and(|s| s.as_str().starts_with("aws:kms"));
-    // ETags of SSE-KMS/SSE-C objects are not MD5s; multipart ETags never are.
-    let expected_md5 = (!kms_or_customer_key)
-        .then(|| plan::md5_of_etag(&remote.etag))
-        .flatten()
-        .map(str::to_ascii_lowercase);
+    let expected_md5 = plan::expected_md5(&remote.etag, s3::encryption_of(&out));
     let mut hasher = expected_md5.as_ref().map(|_| Md5::new());
     let mut body = out.body;
     let mut tmp = local::TempFile::create(parent).await.map_err(disk_full)?;

@@ -267,10 +267,80 @@ pub fn md5_of_etag(etag: &str) -> Option<&str> {
     (etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())).then_some(etag)
 }
 
+/// How S3 says an object is encrypted at rest (from any GET or HEAD response of it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Encryption {
+    /// `x-amz-server-side-encryption: aws:kms` or `aws:kms:dsse`.
+    pub kms: bool,
+    /// `x-amz-server-side-encryption-customer-algorithm` present (SSE-C).
+    pub customer_key: bool,
+}
+
+impl Encryption {
+    /// From the response headers.
+    #[must_use]
+    pub fn from_headers(
+        server_side_encryption: Option<&str>,
+        customer_algorithm: Option<&str>,
+    ) -> Self {
+        Self {
+            kms: server_side_encryption.is_some_and(|s| s.starts_with("aws:kms")),
+            customer_key: customer_algorithm.is_some(),
+        }
+    }
+
+    /// What two responses of one object say together (a ranged download has one per part).
+    #[must_use]
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            kms: self.kms || other.kms,
+            customer_key: self.customer_key || other.customer_key,
+        }
+    }
+}
+
+/// The MD5 a downloaded body must have, if its ETag tells it: the one verification policy of
+/// every download path. S3's ETag is the MD5 of the data only for a single-part upload stored
+/// unencrypted or with SSE-S3; multipart ETags (`…-N`) and the ETags of SSE-KMS, DSSE-KMS and
+/// SSE-C objects are not (S3 User Guide, "Checking object integrity").
+#[must_use]
+pub fn expected_md5(etag: &str, encryption: Encryption) -> Option<String> {
+    if encryption.kms || encryption.customer_key {
+        return None;
+    }
+    md5_of_etag(etag).map(str::to_ascii_lowercase)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_plain_single_part_etags_are_md5s() {
+        let md5 = "9E107D9D372BB6826BD81D3542A419D6";
+        let plain = Encryption::from_headers(Some("AES256"), None);
+        assert_eq!(
+            expected_md5(md5, plain).as_deref(),
+            Some("9e107d9d372bb6826bd81d3542a419d6")
+        );
+        assert_eq!(
+            expected_md5(md5, Encryption::default()).as_deref(),
+            Some(&md5.to_ascii_lowercase()[..])
+        );
+        for enc in [
+            Encryption::from_headers(Some("aws:kms"), None),
+            Encryption::from_headers(Some("aws:kms:dsse"), None),
+            Encryption::from_headers(None, Some("AES256")),
+            plain.or(Encryption::from_headers(Some("aws:kms"), None)),
+        ] {
+            assert_eq!(expected_md5(md5, enc), None, "{enc:?}");
+        }
+        assert_eq!(
+            expected_md5("9e107d9d372bb6826bd81d3542a419d6-3", plain),
+            None
+        );
+    }
 
     fn path(key: &str, prefix: &str) -> String {
         match map_key(key, prefix, 1) {

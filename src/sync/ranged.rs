@@ -30,6 +30,18 @@ struct Sidecar {
     size: u64,
     part_size: u64,
     done: Vec<usize>,
+    /// What the responses of the parts in `done` said of the object's encryption, so a resumed
+    /// download is verified by the same rule as one made in a single run.
+    #[serde(default)]
+    encryption: plan::Encryption,
+}
+
+impl Sidecar {
+    /// Whether `self` records a download of the same object version in the same parts.
+    fn same_download(&self, other: &Self) -> bool {
+        (&self.key, &self.etag, self.size, self.part_size)
+            == (&other.key, &other.etag, other.size, other.part_size)
+    }
 }
 
 struct Paths {
@@ -88,19 +100,14 @@ pub(super) async fn download(
         size: remote.size,
         part_size,
         done: Vec::new(),
+        encryption: plan::Encryption::default(),
     };
     let previous: Option<Sidecar> = std::fs::read(&p.sidecar)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let data_len = std::fs::metadata(&p.data).map(|m| m.len()).ok();
     let mut side = match previous {
-        Some(prev)
-            if Sidecar {
-                done: Vec::new(),
-                ..prev.clone()
-            } == wanted
-                && data_len == Some(remote.size) =>
-        {
+        Some(prev) if prev.same_download(&wanted) && data_len == Some(remote.size) => {
             tracing::info!(key = %remote.key, parts_done = prev.done.len(), "resuming an interrupted download");
             prev
         }
@@ -140,7 +147,7 @@ pub(super) async fn download(
         .filter(|(i, _)| !side.done.contains(i))
         .collect();
     todo.reverse(); // pop() takes them in order
-    let mut running: JoinSet<Result<usize, Error>> = JoinSet::new();
+    let mut running: JoinSet<Result<(usize, plan::Encryption), Error>> = JoinSet::new();
     loop {
         while running.len() < parallel.max(1) {
             let Some((index, range)) = todo.pop() else {
@@ -155,7 +162,7 @@ pub(super) async fn download(
             running.spawn(async move {
                 fetch_part_with_retries(&source, &remote, &data, range, &hooks)
                     .await
-                    .map(|()| index)
+                    .map(|enc| (index, enc))
             });
         }
         let Some(joined) = running.join_next().await else {
@@ -168,7 +175,8 @@ pub(super) async fn download(
                 source: std::io::Error::other(e),
             })
         })? {
-            Ok(index) => {
+            Ok((index, enc)) => {
+                side.encryption = side.encryption.or(enc);
                 side.done.push(index);
                 save(&p, &side)?;
             }
@@ -181,9 +189,9 @@ pub(super) async fn download(
             }
         }
     }
-    if let Some(expected) = plan::md5_of_etag(&remote.etag) {
+    if let Some(expected) = plan::expected_md5(&remote.etag, side.encryption) {
         let actual = md5_file(&p.data).await?;
-        if actual != expected.to_ascii_lowercase() {
+        if actual != expected {
             discard(&p);
             return Err(Error::Corrupt {
                 key: remote.key.clone(),
@@ -224,7 +232,7 @@ async fn fetch_part_with_retries(
     data: &Path,
     range: (u64, u64),
     hooks: &super::Hooks,
-) -> Result<(), Error> {
+) -> Result<plan::Encryption, Error> {
     let mut attempt = 0;
     loop {
         match fetch_part(source, remote, data, range, hooks).await {
@@ -245,10 +253,11 @@ async fn fetch_part(
     data: &Path,
     (start, end): (u64, u64),
     hooks: &super::Hooks,
-) -> Result<(), Error> {
+) -> Result<plan::Encryption, Error> {
     let out = source
         .get_range(&remote.key, &remote.etag, start, end)
         .await?;
+    let encryption = super::s3::encryption_of(&out);
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .open(data)
@@ -286,7 +295,8 @@ async fn fetch_part(
         });
     }
     file.flush().await.map_err(io("write", data))?;
-    file.get_ref().sync_data().await.map_err(io("sync", data))
+    file.get_ref().sync_data().await.map_err(io("sync", data))?;
+    Ok(encryption)
 }
 
 async fn md5_file(path: &Path) -> Result<String, Error> {

@@ -374,3 +374,12 @@ mod tests {
         assert!(matches!(e("SlowDown"), Error::S3 { .. }));
     }
 }
+
+/// How the object of a GET response is encrypted at rest.
+#[must_use]
+pub fn encryption_of(out: &GetObjectOutput) -> super::plan::Encryption {
+    super::plan::Encryption::from_headers(
+        out.server_side_encryption().map(|s| s.as_str()),
+        out.sse_customer_algorithm(),
+    )
+}
