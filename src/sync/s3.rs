@@ -331,6 +331,15 @@ pub fn classify_service(
     }
 }
 
+/// How the object of a GET response is encrypted at rest.
+#[must_use]
+pub fn encryption_of(out: &GetObjectOutput) -> super::plan::Encryption {
+    super::plan::Encryption::from_headers(
+        out.server_side_encryption().map(|s| s.as_str()),
+        out.sse_customer_algorithm(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,13 +382,4 @@ mod tests {
         assert!(e("NoSuchBucket").to_string().contains("eu-west-1"));
         assert!(matches!(e("SlowDown"), Error::S3 { .. }));
     }
-}
-
-/// How the object of a GET response is encrypted at rest.
-#[must_use]
-pub fn encryption_of(out: &GetObjectOutput) -> super::plan::Encryption {
-    super::plan::Encryption::from_headers(
-        out.server_side_encryption().map(|s| s.as_str()),
-        out.sse_customer_algorithm(),
-    )
 }
