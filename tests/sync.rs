@@ -327,3 +327,60 @@ async fn bandwidth_limit_holds_across_concurrent_downloads() {
     // limiter from below only; how fast it goes unlimited is a benchmark's business.
     assert!(s["durationMs"].as_u64().unwrap() >= 2_500, "{s}");
 }
+
+/// A key with a character XML 1.0 cannot carry (here U+0001) used to make every listing
+/// unreadable ("ListObjectsV2 … failed: Unknown"): nothing synced, every pass. Listings are
+/// requested with encoding-type=url, decoded, and then the hostile-key rules decide.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_with_a_control_character_does_not_stop_the_sync() {
+    let env = Env::default().await;
+    env.put("c/good.txt", "good").await;
+    env.put("c/space and+plus.txt", "odd but safe").await;
+    env.stack
+        .s3
+        .put_virtual_object(env.bucket(), "c/bell\u{1}.txt", b"x".to_vec());
+    let s = env.once("c/").assert_ok();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["skipped"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["skippedKeys"][0]["key"], "c/bell\\u{1}.txt", "{s}");
+    let t = tree(&env.local);
+    assert_eq!(t["space and+plus.txt"], b"odd but safe");
+    assert_eq!(t.len(), 2);
+}
+
+/// A listing that says "truncated" without a token, or returns the token it was given, cannot
+/// be trusted: the pass fails (no endless loop), and no file is deleted on a partial listing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_listing_is_an_error_and_deletes_nothing() {
+    use devstack::s3::ListingFault;
+    let env = Env::default().await;
+    for i in 0..1_005 {
+        env.stack
+            .s3
+            .put_virtual_object(env.bucket(), &format!("l/{i:05}"), b"v".to_vec());
+    }
+    let cfg = env.write_config(&env.config("l/", |m| {
+        m.insert("deleteExtraneous".into(), true.into());
+    }));
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 1_005);
+    for fault in [
+        ListingFault::TruncatedWithoutToken,
+        ListingFault::RepeatedToken,
+    ] {
+        env.stack.s3.set_listing_fault(Some(fault));
+        let r = tokio::time::timeout(Duration::from_secs(60), run_async(once_args(&cfg)))
+            .await
+            .expect("the pass ends");
+        assert_eq!(r.code(), Some(1), "{fault:?}: {}", r.stderr());
+        assert!(
+            r.stderr().contains("ListingInvalid") || r.stderr().contains("is inconsistent"),
+            "{}",
+            r.stderr()
+        );
+        assert_eq!(tree(&env.local).len(), 1_005, "{fault:?}: nothing deleted");
+    }
+}

@@ -129,6 +129,41 @@ impl Encryption {
     }
 }
 
+/// A broken listing, as a misbehaving S3-compatible server or proxy may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListingFault {
+    /// `IsTruncated: true` with no `NextContinuationToken`.
+    TruncatedWithoutToken,
+    /// The continuation token sent comes back as the next one.
+    RepeatedToken,
+}
+
+/// S3's `encoding-type=url`: key names encoded as HTML forms encode them (space as `+`; what
+/// botocore decodes with `unquote_plus`).
+fn form_encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Continuation tokens are opaque, as S3's are (here: the hex of the last key listed).
+fn token_of(key: &str) -> String {
+    hex::encode(key.as_bytes())
+}
+
+fn key_of_token(token: &str) -> String {
+    hex::decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
+}
+
 /// A failure the S3 server injects into GETs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -163,6 +198,7 @@ struct Shared {
     faults: Vec<FaultRule>,
     /// Snapshots of plain listings, for their continuation pages.
     listings: std::collections::HashMap<(String, String), Arc<Vec<Object>>>,
+    listing_fault: Option<ListingFault>,
 }
 
 impl Shared {
@@ -265,6 +301,11 @@ impl DevS3 {
             usize::try_from(req.input.max_keys.unwrap_or(1000).clamp(0, 1000)).unwrap_or(1000);
         let token = req.input.continuation_token.clone();
         let start_after = req.input.start_after.clone();
+        let encode = req
+            .input
+            .encoding_type
+            .as_ref()
+            .is_some_and(|e| e.as_str() == "url");
         let cache_key = (bucket.to_owned(), prefix.to_owned());
         let cached = token
             .as_ref()
@@ -305,7 +346,7 @@ impl DevS3 {
             snapshot.partition_point(|o| o.key.as_deref().unwrap_or("") <= m)
         });
         let mut page: Vec<Object> = snapshot.iter().skip(from).take(max_keys).cloned().collect();
-        let truncated = from + page.len() < snapshot.len();
+        let mut truncated = from + page.len() < snapshot.len();
         for obj in &mut page {
             if obj.e_tag.is_none() {
                 if let Some(key) = obj.key.clone() {
@@ -313,12 +354,33 @@ impl DevS3 {
                 }
             }
         }
-        let next = truncated
-            .then(|| page.last().and_then(|o| o.key.clone()))
+        let mut next = truncated
+            .then(|| page.last().and_then(|o| o.key.as_deref().map(token_of)))
             .flatten();
+        match self.shared().listing_fault {
+            Some(ListingFault::TruncatedWithoutToken) if truncated => next = None,
+            Some(ListingFault::RepeatedToken) if token.is_some() => {
+                next.clone_from(&token);
+                truncated = true;
+            }
+            _ => {}
+        }
+        // Without encoding-type=url, S3 writes keys as they are, and a C0 control character
+        // then makes the XML unreadable for any XML 1.0 parser (S3 API reference,
+        // ListObjectsV2 "EncodingType"). s3s writes them as they are too.
+        if encode {
+            for obj in &mut page {
+                obj.key = obj.key.as_deref().map(form_encode);
+            }
+        }
         Ok(S3Response::new(ListObjectsV2Output {
+            encoding_type: encode.then(|| s3s::dto::EncodingType::from_static("url")),
             name: Some(bucket.to_owned()),
-            prefix: Some(prefix.to_owned()),
+            prefix: Some(if encode {
+                form_encode(prefix)
+            } else {
+                prefix.to_owned()
+            }),
             max_keys: i32::try_from(max_keys).ok(),
             key_count: i32::try_from(page.len()).ok(),
             is_truncated: Some(truncated),
@@ -590,7 +652,7 @@ impl S3 for DevS3 {
         let bucket = req.input.bucket.clone();
         let prefix = req.input.prefix.clone().unwrap_or_default();
         let marker = match (
-            req.input.continuation_token.clone(),
+            req.input.continuation_token.as_deref().map(key_of_token),
             req.input.start_after.clone(),
         ) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -857,6 +919,11 @@ impl S3Server {
         let etag = format!("{}-{parts}", hex::encode(Md5::digest(&data)));
         let crc32 = aws_smithy_types::base64::encode(crc32fast::hash(&data).to_be_bytes());
         self.insert_virtual(bucket, key, data, etag, Some(crc32), Encryption::S3Managed);
+    }
+
+    /// Makes every later listing page broken in this way (`None` repairs it).
+    pub fn set_listing_fault(&self, fault: Option<ListingFault>) {
+        self.s3.shared().listing_fault = fault;
     }
 
     /// Delays every GET by `delay` (fault injection).

@@ -129,6 +129,17 @@ pub enum Error {
         /// S3 message.
         message: String,
     },
+    /// The server's listing cannot be trusted (S3 never does this; a proxy or an
+    /// S3-compatible server may): acting on it could delete files of objects that exist.
+    #[error("listing s3://{bucket}/{prefix} is inconsistent: {detail}; no file is deleted on a partial listing (is s3EndpointUrl an S3-compatible server?)")]
+    ListingInvalid {
+        /// Bucket.
+        bucket: String,
+        /// Prefix.
+        prefix: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// Network failure talking to S3.
     #[error("{op} {target} failed: network error: {detail}")]
     Network {
@@ -238,6 +249,7 @@ impl Error {
             Self::ChangedDuringSync { .. } => "ObjectChanged",
             Self::Truncated { .. } => "Truncated",
             Self::Corrupt { .. } => "ChecksumMismatch",
+            Self::ListingInvalid { .. } => "ListingInvalid",
             Self::Manifest { .. } => "ManifestInvalid",
             Self::DiskFull { .. } => "DiskFull",
             Self::Local(_) => "LocalFileError",

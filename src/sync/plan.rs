@@ -267,6 +267,29 @@ pub fn md5_of_etag(etag: &str) -> Option<&str> {
     (etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())).then_some(etag)
 }
 
+/// Decodes a key of a listing made with `encoding-type=url`. S3 encodes key names there the
+/// way HTML forms do (botocore decodes them with `unquote_plus`): `%XX` is a byte and `+` a
+/// space. `None` for a malformed escape or bytes that are not UTF-8 (S3 keys are UTF-8).
+#[must_use]
+pub fn url_decode_key(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = encoded.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// How S3 says an object is encrypted at rest (from any GET or HEAD response of it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Encryption {
@@ -315,6 +338,38 @@ pub fn expected_md5(etag: &str, encryption: Encryption) -> Option<String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The form encoding S3 applies with `encoding-type=url` (space as `+`).
+    fn form_encode(key: &str) -> String {
+        key.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                    char::from(b).to_string()
+                }
+                b' ' => "+".to_owned(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn url_encoded_listing_keys_decode() {
+        assert_eq!(
+            url_decode_key("a%01b+c%2Bd").as_deref(),
+            Some("a\u{1}b c+d")
+        );
+        assert_eq!(url_decode_key("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(url_decode_key("bad%2"), None);
+        assert_eq!(url_decode_key("bad%zz"), None);
+        assert_eq!(url_decode_key("%FF"), None, "not UTF-8");
+    }
+
+    proptest! {
+        #[test]
+        fn url_decoding_inverts_s3_s_encoding(key in "\\PC{0,40}|[\\x00-\\x1f +%]{0,20}") {
+            prop_assert_eq!(url_decode_key(&form_encode(&key)), Some(key));
+        }
+    }
 
     #[test]
     fn only_plain_single_part_etags_are_md5s() {

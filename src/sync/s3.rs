@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::config::{BehaviorVersion, IdentityCache, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
-use aws_sdk_s3::types::ChecksumMode;
+use aws_sdk_s3::types::{ChecksumMode, EncodingType};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use super::plan::{normalize_etag, Remote};
+use super::plan::{normalize_etag, url_decode_key, Remote};
 use super::Error;
 use crate::credentials::{self, IotCredentialsProvider};
 use crate::errtext::root_cause;
@@ -81,37 +81,66 @@ impl Source {
     /// # Errors
     /// [`Error::ListDenied`] and the other S3 mappings.
     pub async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<Page, Error> {
+        // encoding-type=url: a key with characters XML 1.0 cannot carry (C0 controls) would
+        // otherwise make the whole listing unparseable, and no object would sync.
         let mut req = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
-            .max_keys(PAGE_SIZE);
+            .max_keys(PAGE_SIZE)
+            .encoding_type(EncodingType::Url);
         if !prefix.is_empty() {
             req = req.prefix(prefix);
         }
-        if let Some(t) = token {
+        if let Some(t) = &token {
             req = req.continuation_token(t);
         }
         let out = req
             .send()
             .await
             .map_err(|e| self.classify(Op::List, prefix, &e))?;
-        let objects = out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some(Remote {
-                    key: o.key()?.to_owned(),
-                    etag: o.e_tag().map(normalize_etag).unwrap_or_default(),
-                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-                    last_modified: o
-                        .last_modified()
-                        .and_then(|t| SystemTime::try_from(*t).ok()),
-                })
-            })
-            .collect();
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let invalid = |detail: String| Error::ListingInvalid {
+            bucket: self.bucket.clone(),
+            prefix: prefix.to_owned(),
+            detail,
+        };
+        let mut objects = Vec::with_capacity(out.contents().len());
+        for o in out.contents() {
+            let Some(raw) = o.key() else { continue };
+            let key = if encoded {
+                url_decode_key(raw).ok_or_else(|| {
+                    invalid(format!(
+                        "key '{}' is not valid URL encoding",
+                        raw.escape_debug()
+                    ))
+                })?
+            } else {
+                raw.to_owned()
+            };
+            objects.push(Remote {
+                key,
+                etag: o.e_tag().map(normalize_etag).unwrap_or_default(),
+                size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                last_modified: o
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok()),
+            });
+        }
         let next = if out.is_truncated() == Some(true) {
-            out.next_continuation_token().map(str::to_owned)
+            match out.next_continuation_token() {
+                None | Some("") => {
+                    return Err(invalid(
+                        "a truncated page without a continuation token".into(),
+                    ))
+                }
+                Some(t) if token.as_deref() == Some(t) => {
+                    return Err(invalid(format!(
+                        "the continuation token '{t}' came back unchanged (the listing would never end)"
+                    )))
+                }
+                Some(t) => Some(t.to_owned()),
+            }
         } else {
             None
         };
