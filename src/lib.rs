@@ -15,6 +15,7 @@
 //! - [`progress`]: the terminal progress bar of `once`.
 //! - [`check`]: the preflight doctor (`gg-s3-sync check`).
 //! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
+//! - [`lock`]: one writer per `localDir` and state file (flock; the holder's PID).
 //! - [`topic`]: MQTT topic filter matching (pure).
 //! - [`clock`], [`backoff`], [`errtext`]: injected time, retry policy, error text.
 
@@ -27,6 +28,7 @@ pub mod credentials;
 pub mod discovery;
 pub mod errtext;
 pub mod ipc;
+pub mod lock;
 pub mod mqtt;
 pub mod progress;
 pub mod status;

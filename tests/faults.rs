@@ -246,3 +246,49 @@ async fn a_stalled_transfer_is_abandoned_and_retried() {
     assert!(env.stack.s3.get_count() - gets >= 2);
     assert_eq!(tree(&env.local)["slow.bin"], noise(300_000, 5));
 }
+
+/// Two instances on one localDir: the second fails fast, naming the first's PID, and does not
+/// sweep away the first's temporary file; once the first is done, the second runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_instance_fails_fast_and_leaves_the_first_alone() {
+    let env = Env::default().await;
+    env.put("two/slow.bin", noise(2 << 20, 4)).await;
+    env.stack.s3.set_chunk_delay(Duration::from_millis(5));
+    let cfg = env.write_config(&env.config("two/", |_| {}));
+    let mut first = Command::new(bin())
+        .args(once_args(&cfg))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let temp = || {
+        tree(&env.local)
+            .into_keys()
+            .find(|k| k.contains(".gg-s3-sync."))
+    };
+    for _ in 0..1000 {
+        if temp().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let in_flight = temp().expect("the first instance is downloading");
+    let second = run_async(once_args(&cfg)).await;
+    assert_eq!(second.code(), Some(1), "{}", second.stderr());
+    assert!(
+        second.stderr().contains(&format!(
+            "in use by another gg-s3-sync (PID {})",
+            first.id()
+        )),
+        "{}",
+        second.stderr()
+    );
+    assert!(
+        env.local.join(&in_flight).exists() || env.local.join("slow.bin").exists(),
+        "the first instance's temporary file was not swept"
+    );
+    env.stack.s3.set_chunk_delay(Duration::ZERO);
+    assert!(first.wait().unwrap().success());
+    assert_eq!(tree(&env.local)["slow.bin"], noise(2 << 20, 4));
+    run_async(once_args(&cfg)).await.assert_ok();
+}

@@ -140,6 +140,9 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// Another instance is syncing the same folder or state.
+    #[error(transparent)]
+    InUse(#[from] crate::lock::Error),
     /// Network failure talking to S3.
     #[error("{op} {target} failed: network error: {detail}")]
     Network {
@@ -250,6 +253,7 @@ impl Error {
             Self::Truncated { .. } => "Truncated",
             Self::Corrupt { .. } => "ChecksumMismatch",
             Self::ListingInvalid { .. } => "ListingInvalid",
+            Self::InUse(_) => "InstanceLocked",
             Self::Manifest { .. } => "ManifestInvalid",
             Self::DiskFull { .. } => "DiskFull",
             Self::Local(_) => "LocalFileError",
@@ -486,9 +490,16 @@ impl Syncer {
     async fn pass(&mut self, cancel: &CancellationToken, dry_run: bool) -> Result<Summary, Error> {
         let started = self.clock.monotonic();
         let mut summary = Summary::new(rfc3339(self.clock.now()), dry_run);
-        if !dry_run {
+        // One writer at a time, for the whole pass (a dry run writes nothing).
+        let _lock = if dry_run {
+            None
+        } else {
             self.prepare_local_dir()?;
-        }
+            let lock =
+                crate::lock::InstanceLock::acquire(&self.settings.local_dir, self.state.path())?;
+            self.sweep_once()?;
+            Some(lock)
+        };
         // Fetch credentials first so their errors arrive whole, not wrapped by the SDK.
         if let Err(e) = self.credentials.credentials().await {
             return Err(Error::Credentials {
@@ -736,6 +747,13 @@ impl Syncer {
             path: dir.clone(),
             source,
         })?;
+        Ok(())
+    }
+
+    /// Removes what an interrupted run left (once per process; under the instance lock, so
+    /// never another instance's files).
+    fn sweep_once(&mut self) -> Result<(), Error> {
+        let dir = &self.settings.local_dir;
         if !self.swept {
             let n = local::sweep_temp_files(dir, self.clock.now())?;
             if n > 0 {
