@@ -205,3 +205,32 @@ async fn a_deterministic_mismatch_is_not_retried() {
         leftovers(&env.local)
     );
 }
+
+/// The resume files' names are predictable (derived from the key). A user who can write under
+/// localDir plants symlinks at all three, pointing at a file the component (running as root)
+/// must never write: each is removed or refused, never followed.
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_planted_at_resume_file_names_are_never_followed() {
+    use md5::{Digest, Md5};
+    let env = Env::default().await;
+    let key = "big/planted.bin";
+    env.put(key, noise(3 * MIB, 5)).await;
+    std::fs::create_dir_all(&env.local).unwrap();
+    let victim = env.tmp.path().join("victim.txt");
+    std::fs::write(&victim, b"must stay").unwrap();
+    let id: String = Md5::digest(key.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for suffix in ["resume.part", "resume.json", "resume.json.tmp"] {
+        std::os::unix::fs::symlink(
+            &victim,
+            env.local.join(format!(".gg-s3-sync.{id}.{suffix}")),
+        )
+        .unwrap();
+    }
+    let s = env.once_with("big/", small_threshold).await.assert_ok();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"must stay");
+    assert_eq!(tree(&env.local)["planted.bin"], noise(3 * MIB, 5));
+}

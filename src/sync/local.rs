@@ -1,5 +1,12 @@
 //! Local file-system side: atomic writes and safe paths under `localDir`.
 //!
+//! Every operation inside `localDir` goes through a [`Folder`]: an open folder descriptor, with
+//! entries named relative to it (`openat`, `mkdirat`, `renameat`, `unlinkat`, `statat`), each
+//! with `O_NOFOLLOW` / `AT_SYMLINK_NOFOLLOW`. A symlink planted at any name (a parent folder,
+//! a temporary or resume file), or swapped in between a check and a use, is never followed:
+//! the call fails instead. Nested folders are opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` where the kernel has it (Linux 5.6), else segment by segment.
+//!
 //! - A download is streamed to `.gg-s3-sync.<random>.part` in the destination folder, fsynced,
 //!   given the object's `LastModified` as mtime, and renamed over the final name; the folder is
 //!   then fsynced. A [`TempFile`] that is dropped before [`TempFile::commit`] (error,
@@ -10,8 +17,12 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
 use tokio::io::AsyncWriteExt;
 
@@ -57,62 +68,315 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// Creates the folders above `rel` under `root` without following symlinks; returns the
-/// destination path.
-///
-/// # Errors
-/// [`Error::Symlink`], [`Error::Conflict`], or [`Error::Io`].
-pub fn prepare_destination(root: &Path, rel: &RelPath) -> Result<PathBuf, Error> {
-    let mut path = root.to_path_buf();
-    let mut segments = rel.segments().peekable();
-    while let Some(seg) = segments.next() {
-        path.push(seg);
-        let last = segments.peek().is_none();
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if last {
-                    // rename() replaces the link itself, never its target.
-                    return Ok(path);
-                }
-                return Err(Error::Symlink { path });
-            }
-            Ok(m) if last && m.is_dir() => {
-                return Err(Error::Conflict {
-                    path,
-                    found: "folder",
-                    needed: "file",
+/// Flags for opening a folder inside `localDir`: never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// An open folder inside `localDir` (or `localDir` itself). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    fd: Arc<OwnedFd>,
+    /// For messages only; never used to reach the folder again.
+    path: PathBuf,
+}
+
+fn errno(e: rustix::io::Errno) -> io::Error {
+    e.into()
+}
+
+impl Folder {
+    /// Opens `localDir` itself. The configured path may be a symlink (the user chose it);
+    /// nothing below it may.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn open_root(path: &Path) -> Result<Self, Error> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open folder", path)(errno(e)))?;
+        Ok(Self {
+            fd: Arc::new(fd),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The folder's path, for messages.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `name` inside this folder, for messages.
+    #[must_use]
+    pub fn display(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    fn refused(&self, name: &str, e: rustix::io::Errno, action: &'static str) -> Error {
+        let path = self.display(name);
+        match e {
+            // O_DIRECTORY | O_NOFOLLOW on a symlink gives ENOTDIR (or ELOOP): say which.
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+                let link = self.stat(name).is_some_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
                 });
-            }
-            Ok(m) if !last && !m.is_dir() => {
-                return Err(Error::Conflict {
-                    path,
-                    found: "file",
-                    needed: "folder",
-                });
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !last {
-                    match fs::create_dir(&path) {
-                        Ok(()) => {}
-                        // Another download created it meanwhile; the next check re-reads it.
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                                return Err(Error::Conflict {
-                                    path,
-                                    found: "file",
-                                    needed: "folder",
-                                });
-                            }
-                        }
-                        Err(e) => return Err(io_err("create folder", &path)(e)),
+                if link || e == rustix::io::Errno::LOOP {
+                    Error::Symlink { path }
+                } else {
+                    Error::Conflict {
+                        path,
+                        found: "file",
+                        needed: "folder",
                     }
                 }
             }
-            Err(e) => return Err(io_err("inspect", &path)(e)),
+            other => io_err(action, &path)(errno(other)),
         }
     }
-    Ok(path)
+
+    /// The sub-folder `name`, created if `create` and missing. `None` if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Symlink`] if `name` is a symlink, [`Error::Conflict`] if it is a file.
+    pub fn subfolder(&self, name: &str, create: bool) -> Result<Option<Self>, Error> {
+        loop {
+            match rustix::fs::openat(&*self.fd, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => {
+                    return Ok(Some(Self {
+                        fd: Arc::new(fd),
+                        path: self.display(name),
+                    }))
+                }
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&*self.fd, name, Mode::from_raw_mode(0o777)) {
+                        // Created here or by a concurrent download: open it (again checked).
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(self.refused(name, e, "create folder")),
+                    }
+                }
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(self.refused(name, e, "open folder")),
+            }
+        }
+    }
+
+    /// The folder holding `rel`, and `rel`'s file name. Missing folders are created if
+    /// `create`; `None` if one is missing otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Symlink`] or [`Error::Conflict`] for a segment that is not a real folder.
+    pub fn parent_of<'r>(
+        &self,
+        rel: &'r RelPath,
+        create: bool,
+    ) -> Result<Option<(Self, &'r str)>, Error> {
+        let segments: Vec<&str> = rel.segments().collect();
+        let Some((name, parents)) = segments.split_last() else {
+            return Ok(Some((self.clone(), rel.as_str())));
+        };
+        if parents.is_empty() {
+            return Ok(Some((self.clone(), name)));
+        }
+        // One call for an existing folder: the kernel refuses any symlink and any escape.
+        let joined = parents.join("/");
+        // Missing, a symlink, a file, or no openat2 (old kernel, seccomp): the segment walk
+        // below creates what is missing and names the segment that is wrong.
+        if let Ok(fd) = rustix::fs::openat2(
+            &*self.fd,
+            joined.as_str(),
+            DIR_FLAGS,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        ) {
+            return Ok(Some((
+                Self {
+                    fd: Arc::new(fd),
+                    path: self.path.join(&joined),
+                },
+                name,
+            )));
+        }
+        let mut folder = self.clone();
+        for seg in parents {
+            match folder.subfolder(seg, create)? {
+                Some(f) => folder = f,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some((folder, name)))
+    }
+
+    /// Creates the file `name`, which must not exist (not even as a symlink).
+    ///
+    /// # Errors
+    /// [`Error::Io`]: `AlreadyExists` if the name is taken.
+    pub fn create_new(&self, name: &str) -> Result<fs::File, Error> {
+        rustix::fs::openat(
+            &*self.fd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+        )
+        .map(fs::File::from)
+        .map_err(|e| io_err("create", &self.display(name))(errno(e)))
+    }
+
+    /// Opens the existing regular file `name` (never a symlink); `None` if it is missing.
+    ///
+    /// # Errors
+    /// [`Error::Symlink`] if `name` is a symlink, [`Error::Io`] otherwise.
+    pub fn open_file(&self, name: &str, write: bool) -> Result<Option<fs::File>, Error> {
+        let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+        match rustix::fs::openat(
+            &*self.fd,
+            name,
+            access | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(fs::File::from(fd))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.refused(name, e, "open")),
+        }
+    }
+
+    /// What `name` is, without following a symlink; `None` if missing.
+    #[must_use]
+    pub fn stat(&self, name: &str) -> Option<rustix::fs::Stat> {
+        rustix::fs::statat(&*self.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+    }
+
+    /// The regular file `name` as [`observe`] sees it.
+    #[must_use]
+    pub fn observe(&self, name: &str) -> Option<LocalFile> {
+        let st = self.stat(name)?;
+        (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile).then(
+            || LocalFile {
+                size: u64::try_from(st.st_size).unwrap_or(0),
+                mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            },
+        )
+    }
+
+    /// Renames `from` to `to` in this folder (`to` is replaced, never followed).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if `to` is a folder, [`Error::Io`] otherwise.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+        rustix::fs::renameat(&*self.fd, from, &*self.fd, to).map_err(|e| match e {
+            rustix::io::Errno::ISDIR | rustix::io::Errno::NOTEMPTY | rustix::io::Errno::EXIST => {
+                Error::Conflict {
+                    path: self.display(to),
+                    found: "folder",
+                    needed: "file",
+                }
+            }
+            other => io_err("rename into place", &self.display(to))(errno(other)),
+        })
+    }
+
+    /// Removes the file (or symlink) `name`; `false` if it was not there.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn remove(&self, name: &str) -> Result<bool, Error> {
+        match rustix::fs::unlinkat(&*self.fd, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(io_err("remove", &self.display(name))(errno(e))),
+        }
+    }
+
+    /// Removes the folder `name` if it is empty; `false` if it is not (or is gone).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for other failures.
+    pub fn remove_empty_folder(&self, name: &str) -> Result<bool, Error> {
+        match rustix::fs::unlinkat(&*self.fd, name, AtFlags::REMOVEDIR) {
+            Ok(()) => Ok(true),
+            Err(
+                rustix::io::Errno::NOENT | rustix::io::Errno::NOTEMPTY | rustix::io::Errno::EXIST,
+            ) => Ok(false),
+            Err(e) => Err(io_err("remove folder", &self.display(name))(errno(e))),
+        }
+    }
+
+    /// Makes the folder's entries durable (after a rename or removal).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn sync(&self) -> Result<(), Error> {
+        rustix::fs::fsync(&*self.fd).map_err(|e| io_err("sync folder", &self.path)(errno(e)))
+    }
+
+    /// Bytes available to this process on the folder's file system.
+    #[must_use]
+    pub fn free_space(&self) -> Option<u64> {
+        let s = rustix::fs::fstatvfs(&*self.fd).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
+    /// The folder's entries: (name, is a real folder, is a regular file), without following
+    /// symlinks.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn entries(&self) -> Result<Vec<(String, bool, bool)>, Error> {
+        let dup = rustix::io::fcntl_dupfd_cloexec(&*self.fd, 0)
+            .map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+        let mut dir =
+            rustix::fs::Dir::new(dup).map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+        let mut out = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                rustix::fs::FileType::Unknown => self
+                    .stat(&name)
+                    .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode))
+                    .unwrap_or(rustix::fs::FileType::Unknown),
+                k => k,
+            };
+            out.push((
+                name,
+                kind == rustix::fs::FileType::Directory,
+                kind == rustix::fs::FileType::RegularFile,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// The folder that will hold `rel` (created as needed, never through a symlink) and `rel`'s
+/// file name. A symlink at the file name itself is fine: the rename replaces the link.
+///
+/// # Errors
+/// [`Error::Symlink`], [`Error::Conflict`] (also when a folder stands at the file name), or
+/// [`Error::Io`].
+pub fn prepare_destination<'r>(
+    root: &Folder,
+    rel: &'r RelPath,
+) -> Result<(Folder, &'r str), Error> {
+    let (folder, name) = root.parent_of(rel, true)?.ok_or_else(|| {
+        io_err("create folders for", &root.display(rel.as_str()))(io::ErrorKind::NotFound.into())
+    })?;
+    if folder.stat(name).is_some_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+    }) {
+        return Err(Error::Conflict {
+            path: folder.display(name),
+            found: "folder",
+            needed: "file",
+        });
+    }
+    Ok((folder, name))
 }
 
 /// Bytes available to this process on the file system holding `dir`.
@@ -157,43 +421,45 @@ pub const WRITE_BUFFER: usize = 256 * 1024;
 /// A temporary file that becomes the destination on [`TempFile::commit`], or vanishes.
 #[derive(Debug)]
 pub struct TempFile {
-    path: PathBuf,
+    folder: Folder,
+    name: String,
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     committed: bool,
 }
 
 impl TempFile {
-    /// Creates a new temporary file in `dir`.
+    /// Creates a new temporary file in `folder` (`O_CREAT | O_EXCL | O_NOFOLLOW`: a name
+    /// taken by anything, a planted symlink included, is skipped for another).
     ///
     /// # Errors
     /// [`Error::Io`] if it cannot be created.
-    pub async fn create(dir: &Path) -> Result<Self, Error> {
-        loop {
+    pub async fn create(folder: &Folder) -> Result<Self, Error> {
+        let f = folder.clone();
+        let (name, file) = tokio::task::spawn_blocking(move || loop {
             let name = format!("{TEMP_PREFIX}{:016x}{TEMP_SUFFIX}", fastrand::u64(..));
-            let path = dir.join(name);
-            match tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .await
-            {
-                Ok(file) => {
-                    return Ok(Self {
-                        path,
-                        file: Some(tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file)),
-                        committed: false,
-                    })
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err("create a temporary file in", dir)(e)),
+            match f.create_new(&name) {
+                Ok(file) => return Ok((name, file)),
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
             }
-        }
+        })
+        .await
+        .map_err(|e| io_err("create a temporary file in", folder.path())(io::Error::other(e)))??;
+        Ok(Self {
+            folder: folder.clone(),
+            name,
+            file: Some(tokio::io::BufWriter::with_capacity(
+                WRITE_BUFFER,
+                tokio::fs::File::from_std(file),
+            )),
+            committed: false,
+        })
     }
 
     /// Where the data is being written.
     #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.folder.display(&self.name)
     }
 
     /// Appends bytes.
@@ -201,51 +467,37 @@ impl TempFile {
     /// # Errors
     /// [`Error::Io`], e.g. on a full disk.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        let path = &self.path;
+        let path = self.path();
         match self.file.as_mut() {
-            Some(f) => f.write_all(data).await.map_err(io_err("write", path)),
-            None => Err(io_err("write", path)(io::Error::other(
+            Some(f) => f.write_all(data).await.map_err(io_err("write", &path)),
+            None => Err(io_err("write", &path)(io::Error::other(
                 "file already closed",
             ))),
         }
     }
 
-    /// Makes the data durable under `dest`: fsync, set mtime, rename, fsync the folder.
-    /// Returns the resulting file's size and mtime as read back.
+    /// Makes the data durable under `dest` in the same folder: fsync, set mtime, rename, fsync
+    /// the folder ([`commit_file`]). Returns the file's size and mtime as read back.
     ///
     /// # Errors
     /// [`Error::Io`]; the temporary file is removed.
     pub async fn commit(
         mut self,
-        dest: &Path,
+        dest: &str,
         mtime: Option<SystemTime>,
     ) -> Result<LocalFile, Error> {
+        let path = self.path();
         let mut file = self
             .file
             .take()
-            .ok_or_else(|| io_err("commit", &self.path)(io::Error::other("file already closed")))?;
-        file.flush().await.map_err(io_err("write", &self.path))?;
+            .ok_or_else(|| io_err("commit", &path)(io::Error::other("file already closed")))?;
+        file.flush().await.map_err(io_err("write", &path))?;
         let std_file = file.into_inner().into_std().await;
-        let tmp = self.path.clone();
-        let dest = dest.to_owned();
-        let result = tokio::task::spawn_blocking(move || -> Result<LocalFile, Error> {
-            if let Some(t) = mtime {
-                std_file
-                    .set_modified(t)
-                    .map_err(io_err("set the modification time of", &tmp))?;
-            }
-            std_file.sync_all().map_err(io_err("sync", &tmp))?;
-            drop(std_file);
-            fs::rename(&tmp, &dest).map_err(io_err("rename into place", &dest))?;
-            if let Some(dir) = dest.parent() {
-                fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err("sync folder", dir))?;
-            }
-            observe(&dest).ok_or_else(|| io_err("read back", &dest)(io::ErrorKind::NotFound.into()))
-        })
-        .await
-        .map_err(|e| io_err("finish writing", &self.path)(io::Error::other(e)))?;
+        let (folder, tmp, dest) = (self.folder.clone(), self.name.clone(), dest.to_owned());
+        let result =
+            tokio::task::spawn_blocking(move || commit_file(&folder, std_file, &tmp, &dest, mtime))
+                .await
+                .map_err(|e| io_err("finish writing", &path)(io::Error::other(e)))?;
         if result.is_ok() {
             self.committed = true;
         }
@@ -253,11 +505,38 @@ impl TempFile {
     }
 }
 
+/// The one durable commit of both download paths: `file` (written as `tmp` in `folder`) gets
+/// `mtime`, is fsynced, renamed to `dest` (replacing whatever is there, never following it),
+/// and the folder is fsynced, so the name points at complete data after a crash. Blocking.
+///
+/// # Errors
+/// [`Error::Io`] or [`Error::Conflict`].
+pub fn commit_file(
+    folder: &Folder,
+    file: fs::File,
+    tmp: &str,
+    dest: &str,
+    mtime: Option<SystemTime>,
+) -> Result<LocalFile, Error> {
+    let path = folder.display(tmp);
+    if let Some(t) = mtime {
+        file.set_modified(t)
+            .map_err(io_err("set the modification time of", &path))?;
+    }
+    file.sync_all().map_err(io_err("sync", &path))?;
+    drop(file);
+    folder.rename(tmp, dest)?;
+    folder.sync()?;
+    folder
+        .observe(dest)
+        .ok_or_else(|| io_err("read back", &folder.display(dest))(io::ErrorKind::NotFound.into()))
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.committed {
             drop(self.file.take());
-            let _ = fs::remove_file(&self.path);
+            let _ = self.folder.remove(&self.name);
         }
     }
 }
@@ -280,35 +559,35 @@ pub fn is_leftover(name: &str, modified: Option<SystemTime>, now: SystemTime) ->
 }
 
 /// Removes temporary files a killed process left under `root` (symlinks are not followed),
-/// and resumable downloads abandoned for [`RESUME_MAX_AGE`].
+/// and resumable downloads abandoned for [`RESUME_MAX_AGE`]. Every folder is opened relative to
+/// its parent's descriptor, so a folder swapped for a symlink mid-sweep is not entered.
 /// Returns how many were removed.
 ///
 /// # Errors
 /// [`Error::Io`] if a folder cannot be read.
-pub fn sweep_temp_files(root: &Path, now: SystemTime) -> Result<usize, Error> {
+pub fn sweep_temp_files(root: &Folder, now: SystemTime) -> Result<usize, Error> {
     let mut removed = 0;
-    let mut stack = vec![root.to_path_buf()];
+    let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err("read folder", &dir)(e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(io_err("read folder", &dir))?;
-            let ft = entry
-                .file_type()
-                .map_err(io_err("inspect", &entry.path()))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() && {
-                let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
-                is_leftover(&name, modified, now)
-            } {
-                fs::remove_file(entry.path()).map_err(io_err("remove", &entry.path()))?;
-                removed += 1;
+        for (name, is_dir, is_file) in dir.entries()? {
+            if is_dir {
+                match dir.subfolder(&name, false) {
+                    Ok(Some(sub)) => stack.push(sub),
+                    // Gone, or swapped for a symlink or a file since it was listed.
+                    Ok(None) | Err(Error::Symlink { .. } | Error::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            } else if is_file && name.starts_with(TEMP_PREFIX) {
+                let modified = dir.stat(&name).map(|st| {
+                    SystemTime::UNIX_EPOCH
+                        + Duration::new(
+                            u64::try_from(st.st_mtime).unwrap_or(0),
+                            u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+                        )
+                });
+                if is_leftover(&name, modified, now) && dir.remove(&name)? {
+                    removed += 1;
+                }
             }
         }
     }
@@ -327,25 +606,38 @@ mod tests {
         }
     }
 
+    fn open(root: &tempfile::TempDir) -> Folder {
+        Folder::open_root(root.path()).unwrap()
+    }
+
     #[test]
     fn creates_parents_and_refuses_symlinks() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let dest = prepare_destination(root.path(), &rel("a/b/c.txt")).unwrap();
-        assert_eq!(dest, root.path().join("a/b/c.txt"));
+        let r = open(&root);
+        let abc = rel("a/b/c.txt");
+        let (folder, name) = prepare_destination(&r, &abc).unwrap();
+        assert_eq!(
+            (folder.path(), name),
+            (root.path().join("a/b").as_path(), "c.txt")
+        );
         assert!(root.path().join("a/b").is_dir());
 
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
-        let err = prepare_destination(root.path(), &rel("link/x.txt")).unwrap_err();
+        let err = prepare_destination(&r, &rel("link/x.txt")).unwrap_err();
         assert!(matches!(err, Error::Symlink { .. }), "{err:?}");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("a/deep")).unwrap();
+        let err = prepare_destination(&r, &rel("a/deep/x/y.txt")).unwrap_err();
+        assert!(matches!(err, Error::Symlink { .. }), "{err:?}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
 
         fs::write(root.path().join("file"), b"x").unwrap();
-        let err = prepare_destination(root.path(), &rel("file/x.txt")).unwrap_err();
+        let err = prepare_destination(&r, &rel("file/x.txt")).unwrap_err();
         assert!(
             matches!(err, Error::Conflict { found: "file", .. }),
             "{err:?}"
         );
-        let err = prepare_destination(root.path(), &rel("a/b")).unwrap_err();
+        let err = prepare_destination(&r, &rel("a/b")).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -361,11 +653,12 @@ mod tests {
     #[tokio::test]
     async fn temp_file_commits_or_vanishes() {
         let root = tempfile::tempdir().unwrap();
+        let r = open(&root);
         let dest = root.path().join("f.txt");
-        let mut t = TempFile::create(root.path()).await.unwrap();
+        let mut t = TempFile::create(&r).await.unwrap();
         t.write(b"hello").await.unwrap();
         let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-        let got = t.commit(&dest, Some(mtime)).await.unwrap();
+        let got = t.commit("f.txt", Some(mtime)).await.unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"hello");
         assert_eq!(
             got,
@@ -375,12 +668,84 @@ mod tests {
             }
         );
 
-        let mut t = TempFile::create(root.path()).await.unwrap();
+        let mut t = TempFile::create(&r).await.unwrap();
         t.write(b"partial").await.unwrap();
-        let tmp = t.path().to_owned();
+        let tmp = t.path();
         drop(t);
         assert!(!tmp.exists());
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    /// A symlink at the destination name is replaced, never written through.
+    #[tokio::test]
+    async fn a_link_at_the_final_name_is_replaced_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, root.path().join("f.txt")).unwrap();
+        let mut t = TempFile::create(&open(&root)).await.unwrap();
+        t.write(b"new").await.unwrap();
+        t.commit("f.txt", None).await.unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(root.path().join("f.txt"))
+            .unwrap()
+            .is_file());
+    }
+
+    /// A thread swaps a folder for a symlink to outside as fast as it can while files are
+    /// written below it: each write lands inside, or is refused; nothing lands outside.
+    #[test]
+    fn a_racing_swapper_never_redirects_a_write() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        let parked = root.path().join("d.real");
+        fs::create_dir(&dir).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (dir, parked, outside, stop) = (
+                dir.clone(),
+                parked.clone(),
+                outside.path().to_owned(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fs::rename(&dir, &parked);
+                    let _ = std::os::unix::fs::symlink(&outside, &dir);
+                    let _ = fs::remove_file(&dir);
+                    let _ = fs::rename(&parked, &dir);
+                }
+            })
+        };
+        let r = open(&root);
+        let (mut written, mut refused) = (0, 0);
+        for i in 0..2_000 {
+            let rel = rel(&format!("d/sub{}/f{i}.txt", i % 3));
+            match prepare_destination(&r, &rel) {
+                Ok((folder, name)) => {
+                    let f = folder.create_new(name);
+                    if f.is_ok() {
+                        written += 1;
+                    } else {
+                        refused += 1;
+                    }
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(
+            fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "nothing was written outside ({written} written, {refused} refused)"
+        );
+        assert!(
+            written > 0 && refused > 0,
+            "the race happened: {written} written, {refused} refused"
+        );
     }
 
     #[test]
@@ -425,7 +790,7 @@ mod tests {
             .set_modified(now - RESUME_MAX_AGE * 2)
             .unwrap();
         fs::write(root.path().join("d/.gg-s3-sync.bb.resume.part"), b"x").unwrap();
-        assert_eq!(sweep_temp_files(root.path(), now).unwrap(), 2);
+        assert_eq!(sweep_temp_files(&open(&root), now).unwrap(), 2);
         assert!(!old.exists(), "abandoned partial download removed");
         assert!(
             root.path().join("d/.gg-s3-sync.bb.resume.part").exists(),

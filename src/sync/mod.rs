@@ -346,6 +346,8 @@ pub struct Syncer {
     state: StateStore,
     clock: SharedClock,
     swept: bool,
+    /// `localDir`, held open for the pass (every write and removal is relative to it).
+    root: Option<local::Folder>,
     hooks: Hooks,
 }
 
@@ -437,6 +439,7 @@ impl Syncer {
             state,
             clock,
             swept: false,
+            root: None,
             hooks: Hooks {
                 limiter,
                 progress: None,
@@ -492,6 +495,8 @@ impl Syncer {
         let mut summary = Summary::new(rfc3339(self.clock.now()), dry_run);
         // One writer at a time, for the whole pass (a dry run writes nothing).
         let _lock = if dry_run {
+            // Read only: the folder is looked at if it exists, never created.
+            self.root = local::Folder::open_root(&self.settings.local_dir).ok();
             None
         } else {
             self.prepare_local_dir()?;
@@ -578,11 +583,10 @@ impl Syncer {
                 let Some(rel) = self.admit(&remote.key, remote.size, summary) else {
                     continue;
                 };
-                let dest = self.settings.local_dir.join(rel.as_str());
                 match plan::plan(
                     &remote,
                     self.state.get(&remote.key).as_ref(),
-                    local::observe(&dest),
+                    self.observe(&rel),
                 ) {
                     Action::Unchanged => summary.unchanged += 1,
                     Action::Download(reason) if dry_run => {
@@ -638,9 +642,8 @@ impl Syncer {
             let Some(rel) = self.admit(&key, size, summary) else {
                 continue;
             };
-            let dest = self.settings.local_dir.join(rel.as_str());
             let recorded = self.state.get(&key);
-            let on_disk = local::observe(&dest);
+            let on_disk = self.observe(&rel);
             let intact = recorded.as_ref().filter(|r| {
                 on_disk
                     == Some(plan::LocalFile {
@@ -724,7 +727,12 @@ impl Syncer {
                 Job::Unlisted { .. } => 0,
             });
         }
-        let (root, cancel) = (self.settings.local_dir.clone(), cancel.clone());
+        let root = self.root.clone().ok_or_else(|| local::Error::Io {
+            action: "open",
+            path: self.settings.local_dir.clone(),
+            source: std::io::Error::other("localDir is not open"),
+        })?;
+        let cancel = cancel.clone();
         tasks.spawn(async move {
             let key = job.key().to_owned();
             let result = tokio::select! {
@@ -747,15 +755,24 @@ impl Syncer {
             path: dir.clone(),
             source,
         })?;
+        self.root = Some(local::Folder::open_root(dir)?);
         Ok(())
+    }
+
+    /// The regular file at `rel` now, without following any symlink below `localDir`.
+    fn observe(&self, rel: &RelPath) -> Option<plan::LocalFile> {
+        let (folder, name) = self.root.as_ref()?.parent_of(rel, false).ok()??;
+        folder.observe(name)
     }
 
     /// Removes what an interrupted run left (once per process; under the instance lock, so
     /// never another instance's files).
     fn sweep_once(&mut self) -> Result<(), Error> {
-        let dir = &self.settings.local_dir;
         if !self.swept {
-            let n = local::sweep_temp_files(dir, self.clock.now())?;
+            let Some(root) = &self.root else {
+                return Ok(());
+            };
+            let n = local::sweep_temp_files(root, self.clock.now())?;
             if n > 0 {
                 tracing::info!(
                     removed = n,
@@ -840,20 +857,26 @@ impl Syncer {
                 continue;
             };
             let dest = self.settings.local_dir.join(rel.as_str());
-            match local::observe(&dest) {
+            match self.observe(&rel) {
                 Some(l) if l.size == recorded.size && l.mtime_ns == recorded.mtime_ns => {
                     if dry_run {
                         planned(summary, "delete", &key, Some(&rel), "object is gone".into());
                         continue;
                     }
-                    std::fs::remove_file(&dest).map_err(|source| local::Error::Io {
-                        action: "delete",
-                        path: dest.clone(),
-                        source,
-                    })?;
-                    self.state.forget(&key)?;
-                    summary.deleted += 1;
-                    tracing::info!(key = %key, path = %dest.display(), "deleted: the object is gone");
+                    // One failure is that file's, not the pass's: the others are still
+                    // deleted and the state committed.
+                    match self.delete_file(&rel) {
+                        Ok(()) => {
+                            self.state.forget(&key)?;
+                            summary.deleted += 1;
+                            tracing::info!(key = %key, path = %dest.display(), "deleted: the object is gone");
+                        }
+                        Err(e) => {
+                            let message = chain(&e);
+                            tracing::warn!(key = %key, error = %message, "cannot delete a file whose object is gone");
+                            summary.fail(&key, "DeleteFailed", message);
+                        }
+                    }
                 }
                 Some(_) => {
                     planned(
@@ -867,6 +890,30 @@ impl Syncer {
                 }
                 None if !dry_run => self.state.forget(&key)?,
                 None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the file at `rel` and then every folder above it that this left empty, up to
+    /// (not including) `localDir`, so an object `a` can later replace a deleted `a/b`.
+    fn delete_file(&self, rel: &RelPath) -> Result<(), Error> {
+        let Some(root) = &self.root else {
+            return Ok(());
+        };
+        let Some((folder, name)) = root.parent_of(rel, false)? else {
+            return Ok(()); // already gone with its folder
+        };
+        folder.remove(name)?;
+        folder.sync()?;
+        let segments: Vec<&str> = rel.segments().collect();
+        for depth in (1..segments.len()).rev() {
+            let parent_rel = plan::RelPath::from_segments(&segments[..depth]);
+            let Some((parent, dir_name)) = root.parent_of(&parent_rel, false)? else {
+                break;
+            };
+            if !parent.remove_empty_folder(dir_name)? {
+                break;
             }
         }
         Ok(())
@@ -944,7 +991,7 @@ fn planned(
 async fn download_with_retries(
     source: &Source,
     creds: &IotCredentialsProvider,
-    root: &std::path::Path,
+    root: &local::Folder,
     job: &Job,
     hooks: &Hooks,
 ) -> Result<Outcome, Error> {
@@ -987,7 +1034,7 @@ async fn download_with_retries(
 /// Fetches one object and writes it into place: temp file, verify, fsync, rename.
 async fn download(
     source: &Source,
-    root: &std::path::Path,
+    root: &local::Folder,
     job: &Job,
     hooks: &Hooks,
 ) -> Result<Outcome, Error> {
@@ -996,12 +1043,13 @@ async fn download(
             && remote.size > hooks.ranged_threshold
             && !remote.etag.is_empty()
         {
-            let dest = local::prepare_destination(root, rel)?;
+            let (folder, name) = local::prepare_destination(root, rel)?;
             let part_size = (hooks.ranged_threshold / 2).max(1);
             let written = ranged::download(
                 source,
                 remote,
-                &dest,
+                &folder,
+                name,
                 part_size,
                 hooks.ranged_parallel,
                 hooks,
@@ -1049,10 +1097,10 @@ async fn download(
             (out, remote, rel)
         }
     };
-    let dest = local::prepare_destination(root, rel)?;
-    let parent = dest.parent().unwrap_or(root);
+    let (folder, name) = local::prepare_destination(root, rel)?;
+    let parent = folder.path().to_owned();
     let needed = remote.size.saturating_add(DISK_HEADROOM);
-    if let Some(free) = local::free_space(parent) {
+    if let Some(free) = folder.free_space() {
         if free < needed {
             return Err(Error::DiskFull {
                 key: remote.key.clone(),
@@ -1067,8 +1115,8 @@ async fn download(
             Error::DiskFull {
                 key: remote.key.clone(),
                 needed,
-                dir: parent.to_owned(),
-                free: local::free_space(parent),
+                dir: parent.clone(),
+                free: folder.free_space(),
             }
         } else {
             Error::Local(e)
@@ -1077,7 +1125,7 @@ async fn download(
     let expected_md5 = plan::expected_md5(&remote.etag, s3::encryption_of(&out));
     let mut hasher = expected_md5.as_ref().map(|_| Md5::new());
     let mut body = out.body;
-    let mut tmp = local::TempFile::create(parent).await.map_err(disk_full)?;
+    let mut tmp = local::TempFile::create(&folder).await.map_err(disk_full)?;
     let mut received: u64 = 0;
     loop {
         let chunk = body
@@ -1118,9 +1166,10 @@ async fn download(
         }
     }
     let written = tmp
-        .commit(&dest, remote.last_modified)
+        .commit(name, remote.last_modified)
         .await
         .map_err(disk_full)?;
+    let dest = folder.display(name);
     let why = match job {
         Job::Listed { reason, .. } => reason.to_string(),
         Job::Unlisted { .. } => "named in keys/manifest".to_owned(),

@@ -34,6 +34,12 @@ impl RelPath {
     pub fn segments(&self) -> impl Iterator<Item = &str> {
         self.0.split('/')
     }
+
+    /// The path made of the first segments of a valid path (its parent folders).
+    #[must_use]
+    pub fn from_segments(segments: &[&str]) -> Self {
+        Self(segments.join("/"))
+    }
 }
 
 impl fmt::Display for RelPath {

@@ -8,11 +8,12 @@
 //! stays bounded by the parts in flight, whatever the object's size.
 
 use std::io::SeekFrom;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use super::local;
@@ -44,56 +45,94 @@ impl Sidecar {
     }
 }
 
-struct Paths {
-    data: PathBuf,
-    sidecar: PathBuf,
+/// The resume files of one object, by name inside its destination folder. The names are
+/// predictable (derived from the key), so each is created with `O_EXCL | O_NOFOLLOW` after
+/// removing whatever stands there, and opened with `O_NOFOLLOW`: a symlink planted at one of
+/// them is removed or refused, never followed.
+struct Names {
+    folder: local::Folder,
+    data: String,
+    sidecar: String,
+    sidecar_tmp: String,
 }
 
-fn paths(dir: &Path, key: &str) -> Paths {
+fn names(folder: &local::Folder, key: &str) -> Names {
     let id = hex(&Md5::digest(key.as_bytes())[..8]);
-    Paths {
-        data: dir.join(format!(
+    Names {
+        folder: folder.clone(),
+        data: format!(
             "{TEMP_PREFIX}{id}{}{}",
             RESUME_MARK.trim_end_matches('.'),
             TEMP_SUFFIX
-        )),
-        sidecar: dir.join(format!("{TEMP_PREFIX}{id}{}json", RESUME_MARK)),
+        ),
+        sidecar: format!("{TEMP_PREFIX}{id}{RESUME_MARK}json"),
+        sidecar_tmp: format!("{TEMP_PREFIX}{id}{RESUME_MARK}json.tmp"),
     }
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+fn io(action: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> Error {
     move |source| {
         Error::Local(local::Error::Io {
             action,
-            path: path.to_owned(),
+            path,
             source,
         })
     }
 }
 
-fn discard(p: &Paths) {
-    let _ = std::fs::remove_file(&p.data);
-    let _ = std::fs::remove_file(&p.sidecar);
+impl Names {
+    fn path(&self, name: &str) -> PathBuf {
+        self.folder.display(name)
+    }
+
+    fn discard(&self) {
+        let _ = self.folder.remove(&self.data);
+        let _ = self.folder.remove(&self.sidecar);
+    }
+
+    /// A new, empty file at `name`, replacing whatever was there without following it.
+    fn create_fresh(&self, name: &str) -> Result<std::fs::File, Error> {
+        self.folder.remove(name)?;
+        Ok(self.folder.create_new(name)?)
+    }
+
+    fn save(&self, side: &Sidecar) -> Result<(), Error> {
+        use std::io::Write as _;
+        let text = serde_json::to_vec(side).unwrap_or_default();
+        let mut f = self.create_fresh(&self.sidecar_tmp)?;
+        f.write_all(&text)
+            .map_err(io("write", self.path(&self.sidecar_tmp)))?;
+        drop(f);
+        Ok(self.folder.rename(&self.sidecar_tmp, &self.sidecar)?)
+    }
+
+    fn load(&self) -> Option<Sidecar> {
+        use std::io::Read as _;
+        let mut f = self.folder.open_file(&self.sidecar, false).ok()??;
+        let mut text = Vec::new();
+        f.read_to_end(&mut text).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn open_data(&self, write: bool) -> Result<std::fs::File, Error> {
+        self.folder
+            .open_file(&self.data, write)?
+            .ok_or_else(|| io("open", self.path(&self.data))(std::io::ErrorKind::NotFound.into()))
+    }
 }
 
-fn save(p: &Paths, side: &Sidecar) -> Result<(), Error> {
-    let tmp = p.sidecar.with_extension("json.tmp");
-    let text = serde_json::to_vec(side).unwrap_or_default();
-    std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, &p.sidecar).map_err(io("rename", &p.sidecar))
-}
-
-/// Downloads `remote` into `dest` in parts of `part_size`, `parallel` at a time.
+/// Downloads `remote` into `dest` in `folder`, in parts of `part_size`, `parallel` at a time.
+/// The file work runs on the blocking pool.
 pub(super) async fn download(
     source: &Source,
     remote: &Remote,
-    dest: &Path,
+    folder: &local::Folder,
+    dest: &str,
     part_size: u64,
     parallel: usize,
     hooks: &Hooks,
 ) -> Result<LocalFile, Error> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let p = paths(dir, &remote.key);
+    let p = Arc::new(names(folder, &remote.key));
     let wanted = Sidecar {
         key: remote.key.clone(),
         etag: remote.etag.clone(),
@@ -102,23 +141,26 @@ pub(super) async fn download(
         done: Vec::new(),
         encryption: plan::Encryption::default(),
     };
-    let previous: Option<Sidecar> = std::fs::read(&p.sidecar)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let data_len = std::fs::metadata(&p.data).map(|m| m.len()).ok();
-    let mut side = match previous {
-        Some(prev) if prev.same_download(&wanted) && data_len == Some(remote.size) => {
-            tracing::info!(key = %remote.key, parts_done = prev.done.len(), "resuming an interrupted download");
-            prev
+    let (names, size, key) = (p.clone(), remote.size, remote.key.clone());
+    let mut side = blocking(p.path(&p.data), move || {
+        let previous = names.load();
+        let data_len = names.folder.observe(&names.data).map(|f| f.size);
+        match previous {
+            Some(prev) if prev.same_download(&wanted) && data_len == Some(size) => {
+                tracing::info!(key = %key, parts_done = prev.done.len(), "resuming an interrupted download");
+                Ok(prev)
+            }
+            _ => {
+                names.discard();
+                let f = names.create_fresh(&names.data)?;
+                f.set_len(size)
+                    .map_err(io("allocate", names.path(&names.data)))?;
+                names.save(&wanted)?;
+                Ok(wanted)
+            }
         }
-        _ => {
-            discard(&p);
-            let f = std::fs::File::create(&p.data).map_err(io("create", &p.data))?;
-            f.set_len(remote.size).map_err(io("allocate", &p.data))?;
-            save(&p, &wanted)?;
-            wanted
-        }
-    };
+    })
+    .await?;
     let all = plan::parts(remote.size, part_size);
     let done_bytes: u64 = side
         .done
@@ -130,12 +172,12 @@ pub(super) async fn download(
         progress.transferred(done_bytes);
     }
     let needed = remote.size - done_bytes + DISK_HEADROOM;
-    if let Some(free) = local::free_space(dir) {
+    if let Some(free) = folder.free_space() {
         if free < needed {
             return Err(Error::DiskFull {
                 key: remote.key.clone(),
                 needed,
-                dir: dir.to_owned(),
+                dir: folder.path().to_owned(),
                 free: Some(free),
             });
         }
@@ -153,14 +195,10 @@ pub(super) async fn download(
             let Some((index, range)) = todo.pop() else {
                 break;
             };
-            let (source, remote, data, hooks) = (
-                source.clone(),
-                remote.clone(),
-                p.data.clone(),
-                hooks.clone(),
-            );
+            let (source, remote, names, hooks) =
+                (source.clone(), remote.clone(), p.clone(), hooks.clone());
             running.spawn(async move {
-                fetch_part_with_retries(&source, &remote, &data, range, &hooks)
+                fetch_part_with_retries(&source, &remote, &names, range, &hooks)
                     .await
                     .map(|enc| (index, enc))
             });
@@ -171,28 +209,32 @@ pub(super) async fn download(
         match joined.map_err(|e| {
             Error::Local(local::Error::Io {
                 action: "download a part of",
-                path: p.data.clone(),
+                path: p.path(&p.data),
                 source: std::io::Error::other(e),
             })
         })? {
             Ok((index, enc)) => {
                 side.encryption = side.encryption.or(enc);
                 side.done.push(index);
-                save(&p, &side)?;
+                let (names, snapshot) = (p.clone(), side.clone());
+                blocking(p.path(&p.sidecar), move || names.save(&snapshot)).await?;
             }
             Err(e) => {
                 running.shutdown().await;
                 if matches!(e, Error::ChangedDuringSync { .. } | Error::Vanished { .. }) {
-                    discard(&p);
+                    let names = p.clone();
+                    let _ = tokio::task::spawn_blocking(move || names.discard()).await;
                 }
                 return Err(e);
             }
         }
     }
     if let Some(expected) = plan::expected_md5(&remote.etag, side.encryption) {
-        let actual = md5_file(&p.data).await?;
+        let names = p.clone();
+        let actual = blocking(p.path(&p.data), move || md5_file(&names)).await?;
         if actual != expected {
-            discard(&p);
+            let names = p.clone();
+            let _ = tokio::task::spawn_blocking(move || names.discard()).await;
             return Err(Error::Corrupt {
                 key: remote.key.clone(),
                 expected: format!("MD5 {expected} (ETag)"),
@@ -200,36 +242,31 @@ pub(super) async fn download(
             });
         }
     }
-    let (data, dest_owned, mtime) = (p.data.clone(), dest.to_owned(), remote.last_modified);
-    let finished = tokio::task::spawn_blocking(move || -> Result<LocalFile, Error> {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&data)
-            .map_err(io("open", &data))?;
-        if let Some(t) = mtime {
-            f.set_modified(t)
-                .map_err(io("set the modification time of", &data))?;
-        }
-        f.sync_all().map_err(io("sync", &data))?;
-        std::fs::rename(&data, &dest_owned).map_err(io("rename into place", &dest_owned))?;
-        if let Some(parent) = dest_owned.parent() {
-            std::fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(io("sync folder", parent))?;
-        }
-        local::observe(&dest_owned)
-            .ok_or_else(|| io("read back", &dest_owned)(std::io::ErrorKind::NotFound.into()))
+    let (names, dest, mtime) = (p.clone(), dest.to_owned(), remote.last_modified);
+    let written = blocking(p.path(&p.data), move || {
+        let file = names.open_data(true)?;
+        let written = local::commit_file(&names.folder, file, &names.data, &dest, mtime)?;
+        names.folder.remove(&names.sidecar)?;
+        Ok(written)
     })
-    .await
-    .map_err(|e| io("finish", &p.data)(std::io::Error::other(e)))?;
-    let _ = std::fs::remove_file(&p.sidecar);
-    finished
+    .await?;
+    Ok(written)
+}
+
+/// Runs file work on the blocking pool; `path` names it if the task dies.
+async fn blocking<T: Send + 'static>(
+    path: PathBuf,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| io("finish", path)(std::io::Error::other(e)))?
 }
 
 async fn fetch_part_with_retries(
     source: &Source,
     remote: &Remote,
-    data: &Path,
+    data: &Names,
     range: (u64, u64),
     hooks: &super::Hooks,
 ) -> Result<plan::Encryption, Error> {
@@ -250,7 +287,7 @@ async fn fetch_part_with_retries(
 async fn fetch_part(
     source: &Source,
     remote: &Remote,
-    data: &Path,
+    names: &Names,
     (start, end): (u64, u64),
     hooks: &super::Hooks,
 ) -> Result<plan::Encryption, Error> {
@@ -258,14 +295,20 @@ async fn fetch_part(
         .get_range(&remote.key, &remote.etag, start, end)
         .await?;
     let encryption = super::s3::encryption_of(&out);
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(data)
-        .await
-        .map_err(io("open", data))?;
+    let data = names.path(&names.data);
+    let opened = {
+        let f = names.folder.clone();
+        let name = names.data.clone();
+        blocking(data.clone(), move || {
+            f.open_file(&name, true)?
+                .ok_or_else(|| io("open", f.display(&name))(std::io::ErrorKind::NotFound.into()))
+        })
+        .await?
+    };
+    let mut file = tokio::fs::File::from_std(opened);
     file.seek(SeekFrom::Start(start))
         .await
-        .map_err(io("seek in", data))?;
+        .map_err(io("seek in", data.clone()))?;
     let mut file = tokio::io::BufWriter::with_capacity(4 * local::WRITE_BUFFER, file);
     let mut body = out.body;
     let expected = end - start + 1;
@@ -282,7 +325,9 @@ async fn fetch_part(
         if let Some(l) = &hooks.limiter {
             l.acquire(chunk.len()).await;
         }
-        file.write_all(&chunk).await.map_err(io("write", data))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(io("write", data.clone()))?;
         if let Some(p) = &hooks.progress {
             p.transferred(chunk.len() as u64);
         }
@@ -294,19 +339,20 @@ async fn fetch_part(
             received,
         });
     }
-    file.flush().await.map_err(io("write", data))?;
+    file.flush().await.map_err(io("write", data.clone()))?;
     file.get_ref().sync_data().await.map_err(io("sync", data))?;
     Ok(encryption)
 }
 
-async fn md5_file(path: &Path) -> Result<String, Error> {
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .map_err(io("open", path))?;
+/// The MD5 of the assembled data (blocking; read through the folder, never a symlink).
+fn md5_file(names: &Names) -> Result<String, Error> {
+    use std::io::Read as _;
+    let path = names.path(&names.data);
+    let mut f = names.open_data(false)?;
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).await.map_err(io("read", path))?;
+        let n = f.read(&mut buf).map_err(io("read", path.clone()))?;
         if n == 0 {
             break;
         }
