@@ -160,3 +160,33 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
     assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert!(!fresh.exists());
 }
+
+/// An object `a` that replaces a deleted `a/b` used to fail every pass ("folder, but the object
+/// needs a file"): the folder emptied by the deletion was never removed. It is pruned now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_can_replace_a_folder_emptied_by_deletion() {
+    let env = Env::default().await;
+    env.put("x/a/b/c.txt", "deep").await;
+    env.put("x/keep.txt", "k").await;
+    let edit = |m: &mut serde_json::Map<String, serde_json::Value>| {
+        m.insert("deleteExtraneous".into(), true.into());
+        m.insert("maxDeletePercent".into(), 100.into());
+    };
+    env.once_with("x/", edit).await.assert_ok();
+    env.stack
+        .s3
+        .delete_object(env.bucket(), "x/a/b/c.txt")
+        .unwrap();
+    let _ = std::fs::remove_dir_all(env.stack.dir.join("s3").join(env.bucket()).join("x/a"));
+    env.put("x/a", "now a file").await;
+    // This pass deletes a/b/c.txt and prunes a/b and a; a's download meets the folder first.
+    let _ = env.once_with("x/", edit).await;
+    assert!(
+        !env.local.join("a/b").exists(),
+        "emptied folders are removed"
+    );
+    let s = env.once_with("x/", edit).await.assert_ok();
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(std::fs::read(env.local.join("a")).unwrap(), b"now a file");
+    assert!(env.local.join("keep.txt").exists());
+}
