@@ -379,6 +379,61 @@ async fn concurrent_callers_share_one_request() {
     assert_eq!(env.stack.account.stats().credentials_issued, 1);
 }
 
+/// Waits for a background refresh to replace the credentials with key `old`.
+async fn refreshed(p: &IotCredentialsProvider, old: &str) -> aws_credential_types::Credentials {
+    for _ in 0..500 {
+        let c = p.credentials().await.unwrap();
+        if c.access_key_id() != old {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the background refresh never replaced the credentials");
+}
+
+/// While the cached credentials are valid, a refresh (here a slow endpoint: 3 s) blocks no
+/// caller; the new credentials replace the old when they arrive. Only a caller with nothing
+/// usable waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_does_not_block_callers_while_credentials_are_valid() {
+    let env = Env::default().await;
+    let (p, clock) = provider(settings(&env));
+    let first = p.credentials().await.unwrap();
+    clock.advance(Duration::from_secs(3600 - 200));
+    env.stack
+        .account
+        .set_credential_delay(Duration::from_secs(3));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let p = p.clone();
+        callers.spawn(async move {
+            tokio::time::timeout(Duration::from_millis(500), p.credentials())
+                .await
+                .expect("served without waiting for the refresh")
+                .unwrap()
+                .access_key_id()
+                .to_owned()
+        });
+    }
+    while let Some(key) = callers.join_next().await {
+        assert_eq!(key.unwrap(), first.access_key_id());
+    }
+    let second = refreshed(&p, first.access_key_id()).await;
+    assert_ne!(second.access_key_id(), first.access_key_id());
+    assert_eq!(
+        p.requests_sent(),
+        2,
+        "one background refresh for all callers"
+    );
+    // Near real expiry with nothing newer, a caller does wait for the endpoint.
+    p.invalidate().await;
+    env.stack
+        .account
+        .set_credential_delay(Duration::from_millis(300));
+    let waited = tokio::time::timeout(Duration::from_secs(10), p.credentials()).await;
+    assert!(waited.unwrap().is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refreshes_ahead_of_expiry_and_keeps_valid_credentials_if_refresh_fails() {
     let env = Env::default().await; // 3600 s credentials
@@ -391,13 +446,14 @@ async fn refreshes_ahead_of_expiry_and_keeps_valid_credentials_if_refresh_fails(
     );
     assert_eq!(p.requests_sent(), 1, "still outside the refresh window");
     clock.advance(Duration::from_secs(10));
-    let second = p.credentials().await.unwrap();
-    assert_ne!(
-        second.access_key_id(),
-        first.access_key_id(),
-        "refreshed 5 min before expiry"
+    // In the refresh window: the caller is served the still-valid credentials at once, and
+    // the refresh runs in the background.
+    assert_eq!(
+        p.credentials().await.unwrap().access_key_id(),
+        first.access_key_id()
     );
-    assert_eq!(p.requests_sent(), 2);
+    let second = refreshed(&p, first.access_key_id()).await;
+    assert_eq!(p.requests_sent(), 2, "refreshed 5 min before expiry");
 
     // In the next refresh window the endpoint fails; the still-valid credentials are served.
     // (The devstack stamps expiry with real time, so position the clock relative to it.)

@@ -130,6 +130,7 @@ struct State {
     sessions: HashMap<String, Session>,
     admin: Option<(String, String)>,
     forced: VecDeque<ForcedResponse>,
+    response_delay: std::time::Duration,
     stats: Stats,
 }
 
@@ -201,6 +202,17 @@ impl Account {
                 message: message.to_owned(),
             });
         }
+    }
+
+    /// Makes the credentials provider wait this long before each answer (a slow link).
+    pub fn set_credential_delay(&self, delay: std::time::Duration) {
+        self.lock().response_delay = delay;
+    }
+
+    /// The current answer delay.
+    #[must_use]
+    pub fn credential_delay(&self) -> std::time::Duration {
+        self.lock().response_delay
     }
 
     /// Counters.

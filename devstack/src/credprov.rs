@@ -81,7 +81,13 @@ impl CredentialsProvider {
                 let svc = hyper::service::service_fn(move |req| {
                     let account = account.clone();
                     let peer = peer.clone();
-                    async move { Ok::<_, Infallible>(handle(&account, &peer, &req)) }
+                    async move {
+                        let delay = account.credential_delay();
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        Ok::<_, Infallible>(handle(&account, &peer, &req))
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc);
                 if let Err(e) = conn.await {

@@ -2,9 +2,11 @@
 //!
 //! [`IotCredentialsProvider`] owns its cache (aws-sdk-s3's identity cache is switched off, see
 //! `sync::s3`), so the refresh policy is ours:
-//! - **single flight**: one request at a time; concurrent callers wait for its result;
-//! - **refresh ahead**: credentials are renewed `credentialsRefreshAheadSeconds` before they
-//!   expire (at half-life if they live shorter than twice that);
+//! - **single flight**: one request at a time; callers that have nothing usable wait for it;
+//! - **refresh ahead, in the background**: credentials are renewed
+//!   `credentialsRefreshAheadSeconds` before they expire (at half-life if they live shorter than
+//!   twice that); meanwhile every caller is served the still-valid ones at once, so a slow or
+//!   failing endpoint never stalls S3 requests until real expiry is near;
 //! - **retry** only what can succeed on retry (connect errors, timeouts, 429, 5xx), with capped
 //!   jittered backoff;
 //! - **negative cache**: after a failure the endpoint is not asked again for a while (4xx:
@@ -447,14 +449,55 @@ struct Cached {
 struct State {
     current: Option<Cached>,
     failure: Option<(Arc<Error>, SystemTime)>,
+    /// A background refresh is under way.
+    refreshing: bool,
 }
 
 #[derive(Debug)]
 struct Inner {
     settings: ProviderSettings,
     clock: SharedClock,
-    state: tokio::sync::Mutex<State>,
+    /// Held only to read or update, never across an await.
+    state: std::sync::Mutex<State>,
+    /// Held across a load: one request to the endpoint at a time (single flight).
+    flight: tokio::sync::Mutex<()>,
     requests: AtomicU64,
+}
+
+/// What a caller gets, decided under the state lock (pure given the state and the time).
+enum Decision {
+    Serve(Credentials),
+    /// Serve these, and start a background refresh (the refresh is due, they are still valid).
+    ServeAndRefresh(Credentials),
+    Fail(Arc<Error>),
+    /// Nothing usable: load and wait for it.
+    Load,
+}
+
+impl State {
+    fn decide(&mut self, now: SystemTime, may_start_refresh: bool) -> Decision {
+        if let Some(c) = &self.current {
+            if now < c.refresh_at {
+                return Decision::Serve(c.credentials.clone());
+            }
+        }
+        if let Some((err, until)) = &self.failure {
+            if now < *until {
+                return match usable(self.current.as_ref(), now) {
+                    Some(c) => Decision::Serve(c),
+                    None => Decision::Fail(err.clone()),
+                };
+            }
+        }
+        match usable(self.current.as_ref(), now) {
+            Some(c) if may_start_refresh && !self.refreshing => {
+                self.refreshing = true;
+                Decision::ServeAndRefresh(c)
+            }
+            Some(c) if self.refreshing => Decision::Serve(c),
+            _ => Decision::Load,
+        }
+    }
 }
 
 /// Credentials from the AWS IoT credentials provider, cached. Cheap to clone.
@@ -471,7 +514,8 @@ impl IotCredentialsProvider {
             inner: Arc::new(Inner {
                 settings,
                 clock,
-                state: tokio::sync::Mutex::new(State::default()),
+                state: std::sync::Mutex::new(State::default()),
+                flight: tokio::sync::Mutex::new(()),
                 requests: AtomicU64::new(0),
             }),
         }
@@ -489,46 +533,67 @@ impl IotCredentialsProvider {
         self.inner.requests.load(Ordering::Relaxed)
     }
 
-    /// Expiry of the cached credentials, if any (for status reports; never the credentials).
-    pub async fn expiration(&self) -> Option<SystemTime> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner
             .state
             .lock()
-            .await
-            .current
-            .as_ref()
-            .map(|c| c.expiration)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Expiry of the cached credentials, if any (for status reports; never the credentials).
+    pub async fn expiration(&self) -> Option<SystemTime> {
+        self.state().current.as_ref().map(|c| c.expiration)
     }
 
     /// Drops cached credentials (e.g. after S3 answered `ExpiredToken`), so the next call fetches.
     pub async fn invalidate(&self) {
-        let mut state = self.inner.state.lock().await;
+        let mut state = self.state();
         state.current = None;
         state.failure = None;
     }
 
-    /// Valid credentials: cached, or fetched now.
+    /// Valid credentials: cached, or fetched now. While the cached ones are still valid, a due
+    /// refresh runs in the background and callers are served at once; a caller waits only when
+    /// nothing usable is cached (first call, or real expiry near).
     ///
     /// # Errors
     /// The shared [`Error`] of the last failed fetch while it is negatively cached.
     pub async fn credentials(&self) -> Result<Credentials, Arc<Error>> {
-        // Holding the lock across the fetch makes it single-flight.
-        let mut state = self.inner.state.lock().await;
         let now = self.inner.clock.now();
-        if let Some(c) = &state.current {
-            if now < c.refresh_at {
-                return Ok(c.credentials.clone());
+        match self.state().decide(now, true) {
+            Decision::Serve(c) => return Ok(c),
+            Decision::Fail(e) => return Err(e),
+            Decision::ServeAndRefresh(c) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _flight = me.inner.flight.lock().await;
+                    // Errors are cached and logged by load_and_store; callers still have
+                    // valid credentials meanwhile.
+                    let _ = me.load_and_store().await;
+                });
+                return Ok(c);
             }
+            Decision::Load => {}
         }
-        if let Some((err, until)) = &state.failure {
-            if now < *until {
-                if let Some(c) = usable(state.current.as_ref(), now) {
-                    return Ok(c);
-                }
-                return Err(err.clone());
-            }
+        let _flight = self.inner.flight.lock().await;
+        // Another caller may have loaded while this one waited.
+        let now = self.inner.clock.now();
+        match self.state().decide(now, false) {
+            Decision::Serve(c) | Decision::ServeAndRefresh(c) => return Ok(c),
+            Decision::Fail(e) => return Err(e),
+            Decision::Load => {}
         }
-        match self.load().await {
+        self.load_and_store().await
+    }
+
+    /// Loads, caches the result (or the failure, negatively), and answers as `credentials`.
+    /// The caller holds the flight lock.
+    async fn load_and_store(&self) -> Result<Credentials, Arc<Error>> {
+        let result = self.load().await;
+        let now = self.inner.clock.now();
+        let mut state = self.state();
+        state.refreshing = false;
+        match result {
             Ok(cached) => {
                 let creds = cached.credentials.clone();
                 tracing::info!(
@@ -543,7 +608,6 @@ impl IotCredentialsProvider {
             Err(err) => {
                 let err = Arc::new(err);
                 let ttl = err.negative_ttl();
-                let now = self.inner.clock.now();
                 if !ttl.is_zero() {
                     state.failure = Some((err.clone(), now + ttl));
                 }
