@@ -234,3 +234,54 @@ async fn symlinks_planted_at_resume_file_names_are_never_followed() {
     assert_eq!(std::fs::read(&victim).unwrap(), b"must stay");
     assert_eq!(tree(&env.local)["planted.bin"], noise(3 * MIB, 5));
 }
+
+/// Multipart objects above the ranged threshold were checked by length alone. S3 keeps a
+/// full-object checksum (CRC64NVME for new uploads): the assembled file must match it.
+#[tokio::test(flavor = "multi_thread")]
+async fn multipart_objects_are_checked_against_the_full_object_checksum() {
+    use devstack::s3::FullObjectChecksum;
+    let env = Env::default().await;
+    let s3 = &env.stack.s3;
+    s3.put_virtual_multipart_object_with(
+        env.bucket(),
+        "mp/good.bin",
+        noise(3 * MIB, 6),
+        3,
+        FullObjectChecksum::Crc64Nvme,
+    );
+    s3.put_virtual_multipart_object_with(
+        env.bucket(),
+        "mp/bad.bin",
+        noise(3 * MIB, 7),
+        3,
+        FullObjectChecksum::Crc64Nvme,
+    );
+    s3.inject("mp/bad.bin", Fault::Corrupt(4_000), 100);
+    let r = env.once_with("mp/", small_threshold).await;
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let s = r.summary();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["failures"][0]["code"], "ChecksumMismatch", "{s}");
+    assert!(
+        s["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("crc64nvme"),
+        "{s}"
+    );
+    let t = tree(&env.local);
+    assert_eq!(t["good.bin"], noise(3 * MIB, 6));
+    assert!(
+        !t.contains_key("bad.bin"),
+        "the corrupt file never gets its name"
+    );
+    assert!(
+        leftovers(&env.local).is_empty(),
+        "{:?}",
+        leftovers(&env.local)
+    );
+}

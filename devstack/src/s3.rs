@@ -70,8 +70,10 @@ struct VirtualObject {
     data: Bytes,
     etag: String,
     modified: SystemTime,
-    /// Base64 CRC32, sent as `x-amz-checksum-crc32` when the client asks for checksums.
-    crc32: Option<String>,
+    /// A full-object checksum (`x-amz-checksum-<algorithm>`, base64), sent on GET and HEAD when
+    /// the client asks for checksums (`x-amz-checksum-mode: ENABLED`), with
+    /// `x-amz-checksum-type: FULL_OBJECT`.
+    checksum: Option<(FullObjectChecksum, String)>,
     /// How the object is encrypted at rest, as GET and HEAD report it.
     encryption: Encryption,
 }
@@ -96,6 +98,16 @@ pub enum Encryption {
     DualLayerKms,
     /// SSE-C: customer-provided key; the ETag is opaque.
     CustomerKey,
+}
+
+impl VirtualObject {
+    /// The checksum of `algorithm`, if this object has one and `wanted`.
+    fn checksum_value(&self, algorithm: FullObjectChecksum, wanted: bool) -> Option<String> {
+        self.checksum
+            .as_ref()
+            .filter(|(a, _)| wanted && *a == algorithm)
+            .map(|(_, v)| v.clone())
+    }
 }
 
 impl Encryption {
@@ -127,6 +139,27 @@ impl Encryption {
             Self::CustomerKey => (None, None, Some("AES256".to_owned())),
         }
     }
+}
+
+/// The full-object checksums S3 keeps for multipart uploads: CRC64NVME is the default for new
+/// uploads (S3 User Guide, "Checking object integrity": full-object checksums for multipart
+/// uploads support CRC-64/NVME, CRC-32 and CRC-32C; SHA-1/SHA-256 are composite only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullObjectChecksum {
+    /// `x-amz-checksum-crc32`.
+    Crc32,
+    /// `x-amz-checksum-crc64nvme`.
+    Crc64Nvme,
+}
+
+fn checksum_b64(algorithm: FullObjectChecksum, data: &[u8]) -> String {
+    let a = match algorithm {
+        FullObjectChecksum::Crc32 => aws_smithy_checksums::ChecksumAlgorithm::Crc32,
+        FullObjectChecksum::Crc64Nvme => aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme,
+    };
+    let mut h = a.into_impl();
+    h.update(data);
+    aws_smithy_types::base64::encode(h.finalize())
 }
 
 /// A broken listing, as a misbehaving S3-compatible server or proxy may send.
@@ -566,9 +599,15 @@ impl S3 for DevS3 {
                 body: Some(StreamingBlob::wrap(stream)),
                 content_length: i64::try_from(len).ok(),
                 content_range,
-                e_tag: Some(ETag::Strong(v.etag)),
+                e_tag: Some(ETag::Strong(v.etag.clone())),
                 last_modified: Some(Timestamp::from(v.modified)),
-                checksum_crc32: v.crc32.filter(|_| checksums && range.is_none()),
+                // A range has no checksum of its own: S3 sends none for it.
+                checksum_crc32: v
+                    .checksum_value(FullObjectChecksum::Crc32, checksums && range.is_none()),
+                checksum_crc64nvme: v
+                    .checksum_value(FullObjectChecksum::Crc64Nvme, checksums && range.is_none()),
+                checksum_type: (checksums && range.is_none() && v.checksum.is_some())
+                    .then(|| s3s::dto::ChecksumType::from_static("FULL_OBJECT")),
                 server_side_encryption: sse,
                 ssekms_key_id: kms_key,
                 sse_customer_algorithm: sse_c,
@@ -630,9 +669,14 @@ impl S3 for DevS3 {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         if let Some(v) = self.virtual_object(&req.input.bucket, &req.input.key) {
             let (sse, kms_key, sse_c) = v.encryption.headers();
+            let checksums = req.input.checksum_mode.is_some();
             return Ok(S3Response::new(HeadObjectOutput {
+                checksum_crc32: v.checksum_value(FullObjectChecksum::Crc32, checksums),
+                checksum_crc64nvme: v.checksum_value(FullObjectChecksum::Crc64Nvme, checksums),
+                checksum_type: (checksums && v.checksum.is_some())
+                    .then(|| s3s::dto::ChecksumType::from_static("FULL_OBJECT")),
                 content_length: i64::try_from(v.data.len()).ok(),
-                e_tag: Some(ETag::Strong(v.etag)),
+                e_tag: Some(ETag::Strong(v.etag.clone())),
                 last_modified: Some(Timestamp::from(v.modified)),
                 server_side_encryption: sse,
                 ssekms_key_id: kms_key,
@@ -890,14 +934,14 @@ impl S3Server {
         key: &str,
         data: Bytes,
         etag: String,
-        crc32: Option<String>,
+        checksum: Option<(FullObjectChecksum, String)>,
         encryption: Encryption,
     ) {
         let object = VirtualObject {
             data,
             etag,
             modified: crate::account::now(),
-            crc32,
+            checksum,
             encryption,
         };
         self.s3
@@ -907,7 +951,7 @@ impl S3Server {
     }
 
     /// Like [`S3Server::put_virtual_object`], with a multipart-style ETag (so no MD5 check is
-    /// possible) and a CRC32 checksum served to clients that ask for checksums.
+    /// possible) and a full-object CRC32 served to clients that ask for checksums.
     pub fn put_virtual_multipart_object(
         &self,
         bucket: &str,
@@ -915,10 +959,22 @@ impl S3Server {
         data: impl Into<Bytes>,
         parts: u32,
     ) {
+        self.put_virtual_multipart_object_with(bucket, key, data, parts, FullObjectChecksum::Crc32);
+    }
+
+    /// A multipart upload with the full-object checksum `algorithm`.
+    pub fn put_virtual_multipart_object_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+        parts: u32,
+        algorithm: FullObjectChecksum,
+    ) {
         let data: Bytes = data.into();
         let etag = format!("{}-{parts}", hex::encode(Md5::digest(&data)));
-        let crc32 = aws_smithy_types::base64::encode(crc32fast::hash(&data).to_be_bytes());
-        self.insert_virtual(bucket, key, data, etag, Some(crc32), Encryption::S3Managed);
+        let checksum = Some((algorithm, checksum_b64(algorithm, &data)));
+        self.insert_virtual(bucket, key, data, etag, checksum, Encryption::S3Managed);
     }
 
     /// Makes every later listing page broken in this way (`None` repairs it).

@@ -296,6 +296,45 @@ pub fn url_decode_key(encoded: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A checksum S3 keeps of the whole object, that the assembled file can be checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullObjectChecksum {
+    /// `crc64nvme`, `crc32c` or `crc32` (the names `aws_smithy_checksums` parses).
+    pub algorithm: &'static str,
+    /// The value S3 sent (base64).
+    pub base64: String,
+}
+
+/// Which of the checksums a HEAD in checksum mode returned covers the whole object. S3 keeps a
+/// full-object CRC64NVME, CRC32C or CRC32 for multipart uploads made with full-object checksums
+/// (CRC64NVME is the default for new uploads); a COMPOSITE checksum (`…-N`) is a checksum of the
+/// parts' checksums and cannot be checked against the file without the part boundaries.
+#[must_use]
+pub fn full_object_checksum(
+    checksum_type: Option<&str>,
+    crc64nvme: Option<&str>,
+    crc32c: Option<&str>,
+    crc32: Option<&str>,
+) -> Option<FullObjectChecksum> {
+    if checksum_type.is_some_and(|t| !t.eq_ignore_ascii_case("FULL_OBJECT")) {
+        return None;
+    }
+    [
+        ("crc64nvme", crc64nvme),
+        ("crc32c", crc32c),
+        ("crc32", crc32),
+    ]
+    .into_iter()
+    .find_map(|(algorithm, v)| {
+        let v = v?.trim();
+        // A composite value carries its part count ("…==-3").
+        (!v.is_empty() && !v.contains('-')).then(|| FullObjectChecksum {
+            algorithm,
+            base64: v.to_owned(),
+        })
+    })
+}
+
 /// How S3 says an object is encrypted at rest (from any GET or HEAD response of it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Encryption {
@@ -375,6 +414,32 @@ mod tests {
         fn url_decoding_inverts_s3_s_encoding(key in "\\PC{0,40}|[\\x00-\\x1f +%]{0,20}") {
             prop_assert_eq!(url_decode_key(&form_encode(&key)), Some(key));
         }
+    }
+
+    #[test]
+    fn only_full_object_checksums_are_used() {
+        let c = full_object_checksum(
+            Some("FULL_OBJECT"),
+            Some("AAAAAAAAAAA="),
+            None,
+            Some("AAAAAA=="),
+        );
+        assert_eq!(c.unwrap().algorithm, "crc64nvme", "the strongest first");
+        assert_eq!(
+            full_object_checksum(Some("COMPOSITE"), None, None, Some("AAAAAA==")),
+            None
+        );
+        assert_eq!(
+            full_object_checksum(None, None, None, Some("AAAAAA==-3")),
+            None
+        );
+        assert_eq!(
+            full_object_checksum(None, None, Some("AAAAAA=="), None)
+                .unwrap()
+                .algorithm,
+            "crc32c"
+        );
+        assert_eq!(full_object_checksum(None, None, None, None), None);
     }
 
     #[test]

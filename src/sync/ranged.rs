@@ -241,6 +241,24 @@ pub(super) async fn download(
                 actual: format!("MD5 {actual}"),
             });
         }
+    } else if let Some(checksum) = source
+        .full_object_checksum(&remote.key, &remote.etag)
+        .await?
+    {
+        // Multipart (or KMS) objects: the ETag says nothing of the data, but S3 may keep a
+        // checksum of the whole object. Without this, only the length was checked.
+        let names = p.clone();
+        let algorithm = checksum.algorithm;
+        let actual = blocking(p.path(&p.data), move || checksum_file(&names, algorithm)).await?;
+        if actual != checksum.base64 {
+            let names = p.clone();
+            let _ = tokio::task::spawn_blocking(move || names.discard()).await;
+            return Err(Error::Corrupt {
+                key: remote.key.clone(),
+                expected: format!("x-amz-checksum-{algorithm} {}", checksum.base64),
+                actual: format!("x-amz-checksum-{algorithm} {actual}"),
+            });
+        }
     }
     let (names, dest, mtime) = (p.clone(), dest.to_owned(), remote.last_modified);
     let written = blocking(p.path(&p.data), move || {
@@ -344,19 +362,36 @@ async fn fetch_part(
     Ok(encryption)
 }
 
-/// The MD5 of the assembled data (blocking; read through the folder, never a symlink).
-fn md5_file(names: &Names) -> Result<String, Error> {
+/// Feeds the assembled data to `update` (blocking; read through the folder, never a symlink).
+fn read_data(names: &Names, mut update: impl FnMut(&[u8])) -> Result<(), Error> {
     use std::io::Read as _;
     let path = names.path(&names.data);
     let mut f = names.open_data(false)?;
-    let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).map_err(io("read", path.clone()))?;
         if n == 0 {
-            break;
+            return Ok(());
         }
-        hasher.update(&buf[..n]);
+        update(&buf[..n]);
     }
+}
+
+/// The MD5 of the assembled data, hex.
+fn md5_file(names: &Names) -> Result<String, Error> {
+    let mut hasher = Md5::new();
+    read_data(names, |b| hasher.update(b))?;
     Ok(hex(&hasher.finalize()))
+}
+
+/// The `algorithm` checksum of the assembled data, base64 as S3 sends it.
+fn checksum_file(names: &Names, algorithm: &str) -> Result<String, Error> {
+    let algorithm: aws_smithy_checksums::ChecksumAlgorithm = algorithm.parse().map_err(|_| {
+        io("verify", names.path(&names.data))(std::io::Error::other(format!(
+            "unknown checksum algorithm {algorithm}"
+        )))
+    })?;
+    let mut h = algorithm.into_impl();
+    read_data(names, |b| h.update(b))?;
+    Ok(aws_smithy_types::base64::encode(h.finalize()))
 }

@@ -247,6 +247,37 @@ impl Source {
         })
     }
 
+    /// The full-object checksum S3 keeps for `key` at version `if_match`, if any (HeadObject in
+    /// checksum mode; needs only s3:GetObject).
+    ///
+    /// # Errors
+    /// As [`Source::get`].
+    pub async fn full_object_checksum(
+        &self,
+        key: &str,
+        if_match: &str,
+    ) -> Result<Option<super::plan::FullObjectChecksum>, Error> {
+        let mut req = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled);
+        if let Some(etag) = etag_header(if_match) {
+            req = req.if_match(etag);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.classify(Op::Get, key, &e))?;
+        Ok(super::plan::full_object_checksum(
+            out.checksum_type().map(|t| t.as_str()),
+            out.checksum_crc64_nvme(),
+            out.checksum_crc32_c(),
+            out.checksum_crc32(),
+        ))
+    }
+
     fn classify<E, R>(&self, op: Op, target: &str, err: &SdkError<E, R>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
