@@ -159,6 +159,15 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
     let r = common::run(&["once", "--dry-run", "--config", cfg.to_str().unwrap()]);
     assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert!(!fresh.exists());
+
+    // Nor a state folder: a dry run writes nothing at all.
+    let fresh_state = env.tmp.path().join("never-created-state");
+    let cfg = env.write_config(&env.config("r/", |m| {
+        m.insert("stateDir".into(), fresh_state.display().to_string().into());
+    }));
+    let r = common::run(&["once", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert!(!fresh_state.exists(), "stateDir not created by a dry run");
 }
 
 /// An object `a` that replaces a deleted `a/b` used to fail every pass ("folder, but the object

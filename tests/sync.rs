@@ -384,3 +384,24 @@ async fn a_broken_listing_is_an_error_and_deletes_nothing() {
         assert_eq!(tree(&env.local).len(), 1_005, "{fault:?}: nothing deleted");
     }
 }
+
+/// `once --json` printed 43 KB for 300 skipped keys: the summary keeps the first 20 problems
+/// (keys and messages shortened), the totals, and says it is truncated.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_json_stays_small_with_hundreds_of_problems() {
+    let env = Env::default().await;
+    env.put("j/ok.txt", "ok").await;
+    for i in 0..300 {
+        let key = format!("j/../{}/{i}", "y".repeat(800));
+        env.stack
+            .s3
+            .put_virtual_object(env.bucket(), &key, b"x".to_vec());
+    }
+    let r = env.once("j/");
+    let s = r.assert_ok();
+    assert!(r.stdout().len() < 16 * 1024, "{} bytes", r.stdout().len());
+    assert_eq!(s["skipped"], 300);
+    assert_eq!(s["skippedKeys"].as_array().unwrap().len(), 20);
+    assert_eq!(s["truncated"], true);
+    assert!(s.get("planned").is_none(), "a real pass prints no plan");
+}

@@ -25,8 +25,17 @@ use crate::sync::{self, chain, Summary, SyncSettings, Syncer};
 /// # Errors
 /// [`sync::Error`] if the state store cannot be opened.
 pub fn engine(config: &Config, clock: SharedClock) -> Result<Syncer, sync::Error> {
+    build_engine(config, clock, false)
+}
+
+fn build_engine(config: &Config, clock: SharedClock, dry_run: bool) -> Result<Syncer, sync::Error> {
     let provider = IotCredentialsProvider::new(ProviderSettings::from(config), clock.clone());
-    let syncer = Syncer::new(SyncSettings::from(config), provider, clock)?;
+    let settings = SyncSettings::from(config);
+    let syncer = if dry_run {
+        Syncer::for_dry_run(settings, provider, clock)?
+    } else {
+        Syncer::new(settings, provider, clock)?
+    };
     tracing::info!(
         bucket = %config.bucket,
         prefix = %config.prefix,
@@ -51,7 +60,7 @@ pub async fn once(
     cancel: &CancellationToken,
     dry_run: bool,
 ) -> Result<Summary, sync::Error> {
-    let mut syncer = engine(config, clock)?;
+    let mut syncer = build_engine(config, clock, dry_run)?;
     let bar = (!dry_run && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .then(|| std::sync::Arc::new(crate::progress::TerminalProgress::new()));
     if let Some(b) = &bar {

@@ -427,12 +427,34 @@ impl Syncer {
         clock: SharedClock,
     ) -> Result<Self, Error> {
         let state = StateStore::open(&settings.state_dir, &settings.state_file_name())?;
+        Ok(Self::with_state(settings, credentials, clock, state))
+    }
+
+    /// An engine for [`Syncer::dry_run`] only: the state is read, never created or written.
+    ///
+    /// # Errors
+    /// [`Error::State`] if an existing state cannot be read.
+    pub fn for_dry_run(
+        settings: SyncSettings,
+        credentials: IotCredentialsProvider,
+        clock: SharedClock,
+    ) -> Result<Self, Error> {
+        let state = StateStore::open_read_only(&settings.state_dir, &settings.state_file_name())?;
+        Ok(Self::with_state(settings, credentials, clock, state))
+    }
+
+    fn with_state(
+        settings: SyncSettings,
+        credentials: IotCredentialsProvider,
+        clock: SharedClock,
+        state: StateStore,
+    ) -> Self {
         let source = Source::new(&settings.s3, credentials.clone());
         let limiter =
             crate::backoff::RateLimiter::new(settings.bandwidth_limit, clock.clone()).map(Arc::new);
         let (ranged_threshold, ranged_parallel) =
             (settings.ranged_threshold, settings.max_concurrency.min(4));
-        Ok(Self {
+        Self {
             settings,
             source,
             credentials,
@@ -446,7 +468,7 @@ impl Syncer {
                 ranged_threshold,
                 ranged_parallel,
             },
-        })
+        }
     }
 
     /// Reports progress to `progress` from now on.

@@ -680,6 +680,18 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Vec<String>, String> {
     }
     let text = std::str::from_utf8(bytes).map_err(|e| format!("manifest is not UTF-8 ({e})"))?;
     let trimmed = text.trim_start_matches('\u{feff}').trim();
+    // An HTML error page (a proxy's, a console's) or a JSON object is not a list of keys; as
+    // lines it would name keys like "<html>" and delete everything else.
+    if let Some(first) = trimmed.chars().next().filter(|c| matches!(c, '{' | '<')) {
+        let what = if first == '{' {
+            "a JSON object, not a JSON array of keys"
+        } else {
+            "markup (an HTML or XML page?), not a list of keys"
+        };
+        return Err(format!(
+            "manifest starts with '{first}': it is {what}; use a JSON array [\"a\", \"b\"] or one key per line"
+        ));
+    }
     let keys: Vec<String> = if trimmed.starts_with('[') {
         let v: Vec<serde_json::Value> = serde_json::from_str(trimmed)
             .map_err(|e| format!("manifest looks like JSON but is not a JSON array ({e})"))?;
@@ -766,6 +778,13 @@ mod deletion_tests {
             .unwrap_err()
             .contains("item 1"));
         assert!(parse_manifest(b"[not json").is_err());
+        let html = parse_manifest(b"<!DOCTYPE html>\n<html><body>502 Bad Gateway</body></html>\n");
+        assert!(
+            html.unwrap_err().contains("markup"),
+            "an error page is not a key list"
+        );
+        let object = parse_manifest(br#"{"keys": ["a"]}"#);
+        assert!(object.unwrap_err().contains("JSON object"));
         assert!(parse_manifest(&[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
     }
 }

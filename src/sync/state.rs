@@ -128,7 +128,8 @@ impl Entry {
 pub struct StateStore {
     path: PathBuf,
     entries: HashMap<Box<str>, Entry>,
-    log: BufWriter<File>,
+    /// `None` when opened read-only (a dry run writes nothing, not even the folder).
+    log: Option<BufWriter<File>>,
     lines: usize,
 }
 
@@ -138,13 +139,27 @@ impl StateStore {
     /// # Errors
     /// [`Error::Io`] if the folder or file cannot be created, read or opened for appending.
     pub fn open(dir: &Path, name: &str) -> Result<Self, Error> {
+        Self::open_with(dir, name, false)
+    }
+
+    /// Reads the state without creating, appending to or compacting anything (dry runs).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if an existing log cannot be read.
+    pub fn open_read_only(dir: &Path, name: &str) -> Result<Self, Error> {
+        Self::open_with(dir, name, true)
+    }
+
+    fn open_with(dir: &Path, name: &str, read_only: bool) -> Result<Self, Error> {
         let path = dir.join(name);
         let io_err = |action, source| Error::Io {
             action,
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(dir).map_err(|e| io_err("create the folder of", e))?;
+        if !read_only {
+            fs::create_dir_all(dir).map_err(|e| io_err("create the folder of", e))?;
+        }
         let mut entries = HashMap::new();
         let mut lines = 0;
         let mut skipped = 0;
@@ -187,18 +202,23 @@ impl StateStore {
         if skipped > 0 {
             tracing::warn!(path = %path.display(), skipped, "ignored unreadable lines in the sync state (those objects will be compared again)");
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err("open", e))?;
+        let log = if read_only {
+            None
+        } else {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err("open", e))?;
+            Some(BufWriter::new(file))
+        };
         let mut store = Self {
             path,
             entries,
-            log: BufWriter::new(file),
+            log,
             lines,
         };
-        if skipped > 0 {
+        if skipped > 0 && !read_only {
             // Rewrite so a torn line is not followed by new ones on the same line.
             store.compact()?;
         }
@@ -268,7 +288,14 @@ impl StateStore {
             source: io::Error::other(e),
         })?;
         buf.push(b'\n');
-        self.log.write_all(&buf).map_err(|source| Error::Io {
+        let Some(log) = self.log.as_mut() else {
+            return Err(Error::Io {
+                action: "append to",
+                path: self.path.clone(),
+                source: io::Error::other("opened read-only for a dry run"),
+            });
+        };
+        log.write_all(&buf).map_err(|source| Error::Io {
             action: "append to",
             path: self.path.clone(),
             source,
@@ -287,11 +314,11 @@ impl StateStore {
             path: self.path.clone(),
             source,
         };
-        self.log.flush().map_err(|e| io_err("flush", e))?;
-        self.log
-            .get_ref()
-            .sync_data()
-            .map_err(|e| io_err("sync", e))?;
+        let Some(log) = self.log.as_mut() else {
+            return Ok(()); // read-only: nothing to make durable
+        };
+        log.flush().map_err(|e| io_err("flush", e))?;
+        log.get_ref().sync_data().map_err(|e| io_err("sync", e))?;
         if self.lines > 2 * self.entries.len() + MIN_GARBAGE_LINES {
             self.compact()?;
         }
@@ -328,7 +355,7 @@ impl StateStore {
             .append(true)
             .open(&self.path)
             .map_err(|e| io_err("reopen", e))?;
-        self.log = BufWriter::new(file);
+        self.log = Some(BufWriter::new(file));
         self.lines = self.entries.len();
         Ok(())
     }
@@ -396,6 +423,28 @@ mod tests {
             Etag::new("d41d8cd98f00b204e9800998ecf8427e"),
             Etag::Md5(_)
         ));
+    }
+
+    #[test]
+    fn read_only_creates_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("never");
+        let mut s = StateStore::open_read_only(&missing, "state.jsonl").unwrap();
+        assert!(s.is_empty());
+        assert!(s.record("k", rec("e")).is_err());
+        s.commit().unwrap();
+        assert!(!missing.exists(), "no folder created");
+        // A torn line is not rewritten either.
+        fs::write(
+            dir.path().join("state.jsonl"),
+            "{\"k\":\"a\",\"e\":\"1\",\"s\":1,\"m\":1}\n{\"k\":",
+        )
+        .unwrap();
+        let s = StateStore::open_read_only(dir.path(), "state.jsonl").unwrap();
+        assert_eq!(s.len(), 1);
+        assert!(fs::read_to_string(dir.path().join("state.jsonl"))
+            .unwrap()
+            .ends_with("{\"k\":"));
     }
 
     #[test]
