@@ -405,3 +405,42 @@ async fn once_json_stays_small_with_hundreds_of_problems() {
     assert_eq!(s["truncated"], true);
     assert!(s.get("planned").is_none(), "a real pass prints no plan");
 }
+
+/// Objects in GLACIER or DEEP_ARCHIVE failed every pass with InvalidObjectState. They are
+/// skipped with the reason (a key problem, not a failure), and never counted as deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn archived_objects_are_skipped_with_the_reason() {
+    let env = Env::default().await;
+    env.put("g/live.txt", "live").await;
+    for (key, class) in [("g/cold.bin", "GLACIER"), ("g/colder.bin", "DEEP_ARCHIVE")] {
+        env.stack
+            .s3
+            .put_virtual_archived_object(env.bucket(), key, b"zzz".to_vec(), class);
+    }
+    env.stack.s3.put_virtual_archived_object(
+        env.bucket(),
+        "g/instant.bin",
+        b"ir".to_vec(),
+        "GLACIER_IR",
+    );
+    let s = env.once("g/").assert_ok();
+    assert_eq!(
+        (
+            s["downloaded"].as_u64(),
+            s["skipped"].as_u64(),
+            s["failed"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["skippedKeys"][0]["code"], "ArchivedObject", "{s}");
+    assert!(
+        s["skippedKeys"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("GLACIER"),
+        "{s}"
+    );
+    let t = tree(&env.local);
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["instant.bin", "live.txt"]);
+}

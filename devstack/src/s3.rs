@@ -76,6 +76,9 @@ struct VirtualObject {
     checksum: Option<(FullObjectChecksum, String)>,
     /// How the object is encrypted at rest, as GET and HEAD report it.
     encryption: Encryption,
+    /// The storage class, when not STANDARD (listed; GLACIER and DEEP_ARCHIVE cannot be read
+    /// without a restore: GET answers 403 InvalidObjectState, as S3 does).
+    storage_class: Option<&'static str>,
 }
 
 /// Server-side encryption of an object, and what it does to the ETag.
@@ -365,6 +368,9 @@ impl DevS3 {
                             e_tag: Some(ETag::Strong(v.etag.clone())),
                             size: i64::try_from(v.data.len()).ok(),
                             last_modified: Some(Timestamp::from(v.modified)),
+                            storage_class: v
+                                .storage_class
+                                .map(s3s::dto::ObjectStorageClass::from_static),
                             ..Default::default()
                         }),
                 );
@@ -563,6 +569,12 @@ impl S3 for DevS3 {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         let checksums = req.input.checksum_mode.is_some();
         let mut resp = if let Some(v) = self.virtual_object(&bucket, &key) {
+            if matches!(v.storage_class, Some("GLACIER" | "DEEP_ARCHIVE")) {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidObjectState,
+                    "The operation is not valid for the object's storage class",
+                ));
+            }
             check_conditions(
                 &v.etag,
                 req.input.if_match.as_ref(),
@@ -943,6 +955,7 @@ impl S3Server {
             modified: crate::account::now(),
             checksum,
             encryption,
+            storage_class: None,
         };
         self.s3
             .shared()
@@ -960,6 +973,26 @@ impl S3Server {
         parts: u32,
     ) {
         self.put_virtual_multipart_object_with(bucket, key, data, parts, FullObjectChecksum::Crc32);
+    }
+
+    /// An object in an archive storage class (`GLACIER`, `DEEP_ARCHIVE`): listed with that
+    /// class; a GET answers `InvalidObjectState` until it is restored.
+    pub fn put_virtual_archived_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+        class: &'static str,
+    ) {
+        self.put_virtual_object(bucket, key, data);
+        if let Some(o) = self
+            .s3
+            .shared()
+            .virtual_objects
+            .get_mut(&(bucket.to_owned(), key.to_owned()))
+        {
+            o.storage_class = Some(class);
+        }
     }
 
     /// A multipart upload with the full-object checksum `algorithm`.

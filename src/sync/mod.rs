@@ -597,6 +597,18 @@ impl Syncer {
                 () = cancel.cancelled() => return Err(Error::Cancelled),
                 page = list_page_refreshing(&self.source, &self.credentials, &self.settings.prefix, token.take()) => page?,
             };
+            for (key, class) in page.archived {
+                // Still in the bucket: its file (if any) is not extraneous.
+                summary.listed += 1;
+                if self.settings.delete_extraneous {
+                    seen.insert(key.clone());
+                }
+                summary.skip(
+                    &key,
+                    "ArchivedObject",
+                    &format!("storage class {class}: restore the object (s3:RestoreObject) or copy it to a readable class to sync it"),
+                );
+            }
             for remote in page.objects {
                 summary.listed += 1;
                 if self.settings.delete_extraneous {

@@ -296,6 +296,14 @@ pub fn url_decode_key(encoded: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Whether objects of this storage class cannot be read without a restore. `GLACIER` (Flexible
+/// Retrieval) and `DEEP_ARCHIVE` answer GET with `InvalidObjectState`; `GLACIER_IR` and the
+/// others are read like `STANDARD`.
+#[must_use]
+pub fn is_archived(storage_class: &str) -> bool {
+    matches!(storage_class, "GLACIER" | "DEEP_ARCHIVE")
+}
+
 /// A checksum S3 keeps of the whole object, that the assembled file can be checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FullObjectChecksum {

@@ -44,6 +44,9 @@ pub struct S3Settings {
 pub struct Page {
     /// The objects, in key order.
     pub objects: Vec<Remote>,
+    /// Objects in an archive storage class (`GLACIER`, `DEEP_ARCHIVE`): a GET fails with
+    /// `InvalidObjectState` until someone restores them. `(key, storage class)`.
+    pub archived: Vec<(String, String)>,
     /// Token for the next page.
     pub next: Option<String>,
 }
@@ -106,6 +109,7 @@ impl Source {
             detail,
         };
         let mut objects = Vec::with_capacity(out.contents().len());
+        let mut archived = Vec::new();
         for o in out.contents() {
             let Some(raw) = o.key() else { continue };
             let key = if encoded {
@@ -118,6 +122,14 @@ impl Source {
             } else {
                 raw.to_owned()
             };
+            if let Some(class) = o
+                .storage_class()
+                .map(|c| c.as_str())
+                .filter(|c| super::plan::is_archived(c))
+            {
+                archived.push((key, class.to_owned()));
+                continue;
+            }
             objects.push(Remote {
                 key,
                 etag: o.e_tag().map(normalize_etag).unwrap_or_default(),
@@ -144,7 +156,11 @@ impl Source {
         } else {
             None
         };
-        Ok(Page { objects, next })
+        Ok(Page {
+            objects,
+            archived,
+            next,
+        })
     }
 
     /// A GetObject request for `key` in checksum mode: S3 returns x-amz-checksum-* and the SDK
