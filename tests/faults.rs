@@ -292,3 +292,31 @@ async fn a_second_instance_fails_fast_and_leaves_the_first_alone() {
     assert_eq!(tree(&env.local)["slow.bin"], noise(2 << 20, 4));
     run_async(once_args(&cfg)).await.assert_ok();
 }
+
+/// Ranged downloads that each fit alone but not together: the part that meets ENOSPC reports
+/// DiskFull with the numbers, as the single-GET path does (it was a bare LocalFileError).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_during_ranged_parts_is_disk_full() {
+    let env = Env::default().await;
+    let disk = SmallDisk::mount(env.tmp.path().join("small-ranged"), "4m");
+    env.put("r/one.bin", noise(5 << 19, 11)).await;
+    env.put("r/two.bin", noise(5 << 19, 12)).await;
+    env.stack.s3.set_chunk_delay(Duration::from_millis(1));
+    let r = env
+        .once_with("r/", |m| {
+            m.insert("localDir".into(), disk.0.display().to_string().into());
+            m.insert("rangedDownloadThresholdBytes".into(), "1048576".into());
+            m.insert("maxConcurrency".into(), "2".into());
+        })
+        .await;
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let s = r.summary();
+    assert_eq!(s["failures"][0]["code"], "DiskFull", "{s}");
+    let t = tree(&disk.0);
+    assert!(
+        t.iter()
+            .filter(|(k, _)| !k.contains(".gg-s3-sync."))
+            .all(|(_, v)| v.len() == 5 << 19),
+        "no partial file under a final name"
+    );
+}

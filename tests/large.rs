@@ -285,3 +285,22 @@ async fn multipart_objects_are_checked_against_the_full_object_checksum() {
         leftovers(&env.local)
     );
 }
+
+/// S3 calling the credentials expired in the middle of a ranged download: the part is retried
+/// with fresh credentials (before, with the same ones, which fails the same way on real S3).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_on_a_part_fetches_fresh_credentials() {
+    let env = Env::default().await;
+    env.put("e/big.bin", noise(3 * MIB, 8)).await;
+    env.stack
+        .s3
+        .inject("e/big.bin", Fault::Status("ExpiredToken"), 1);
+    let s = env.once_with("e/", small_threshold).await.assert_ok();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert_eq!(tree(&env.local)["big.bin"], noise(3 * MIB, 8));
+    assert_eq!(
+        env.stack.account.stats().credentials_issued,
+        2,
+        "the expired credentials were dropped and new ones fetched"
+    );
+}

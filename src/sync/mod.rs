@@ -362,7 +362,7 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
 }
 
 /// What every download task shares: the bandwidth limit and the progress sink.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Hooks {
     limiter: Option<Arc<crate::backoff::RateLimiter>>,
     progress: Option<Arc<dyn Progress>>,
@@ -370,6 +370,8 @@ struct Hooks {
     ranged_threshold: u64,
     /// Parts of one object fetched at once.
     ranged_parallel: usize,
+    /// To drop credentials S3 called expired (ranged parts retry on their own).
+    credentials: IotCredentialsProvider,
 }
 
 /// One object to fetch.
@@ -457,7 +459,6 @@ impl Syncer {
         Self {
             settings,
             source,
-            credentials,
             state,
             clock,
             swept: false,
@@ -467,7 +468,9 @@ impl Syncer {
                 progress: None,
                 ranged_threshold,
                 ranged_parallel,
+                credentials: credentials.clone(),
             },
+            credentials,
         }
     }
 

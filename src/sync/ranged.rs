@@ -271,6 +271,20 @@ pub(super) async fn download(
     Ok(written)
 }
 
+/// A write error that is the disk being full becomes [`Error::DiskFull`] with the numbers, as
+/// on the single-GET path.
+fn disk_full_or(remote: &Remote, names: &Names, e: Error) -> Error {
+    match e {
+        Error::Local(l) if local::is_disk_full(&l) => Error::DiskFull {
+            key: remote.key.clone(),
+            needed: remote.size + DISK_HEADROOM,
+            dir: names.folder.path().to_owned(),
+            free: names.folder.free_space(),
+        },
+        other => other,
+    }
+}
+
 /// Runs file work on the blocking pool; `path` names it if the task dies.
 async fn blocking<T: Send + 'static>(
     path: PathBuf,
@@ -291,6 +305,10 @@ async fn fetch_part_with_retries(
     let mut attempt = 0;
     loop {
         match fetch_part(source, remote, data, range, hooks).await {
+            Err(Error::ExpiredToken) if attempt + 1 < OBJECT_ATTEMPTS => {
+                // Retrying with the same credentials would fail the same way.
+                hooks.credentials.invalidate().await;
+            }
             Err(e) if e.is_retryable() && attempt + 1 < OBJECT_ATTEMPTS => {
                 let delay = OBJECT_BACKOFF.random_delay(attempt);
                 tracing::debug!(key = %remote.key, ?range, error = %chain(&e), ?delay, "retrying part");
@@ -345,7 +363,7 @@ async fn fetch_part(
         }
         file.write_all(&chunk)
             .await
-            .map_err(io("write", data.clone()))?;
+            .map_err(|e| disk_full_or(remote, names, io("write", data.clone())(e)))?;
         if let Some(p) = &hooks.progress {
             p.transferred(chunk.len() as u64);
         }
@@ -357,8 +375,13 @@ async fn fetch_part(
             received,
         });
     }
-    file.flush().await.map_err(io("write", data.clone()))?;
-    file.get_ref().sync_data().await.map_err(io("sync", data))?;
+    file.flush()
+        .await
+        .map_err(|e| disk_full_or(remote, names, io("write", data.clone())(e)))?;
+    file.get_ref()
+        .sync_data()
+        .await
+        .map_err(|e| disk_full_or(remote, names, io("sync", data)(e)))?;
     Ok(encryption)
 }
 
