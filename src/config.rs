@@ -342,7 +342,9 @@ impl Config {
         };
         let file_dir = path.parent().unwrap_or(Path::new(""));
         let base = working_dir.join(file_dir);
-        Self::from_value(&value, &base, working_dir)
+        // No working-folder default in file mode: where the command happens to run must not
+        // decide where the state lives (see `default_state_dir`).
+        Self::from_value_with(&value, &base, None)
     }
 
     /// Validates a configuration document.
@@ -356,6 +358,19 @@ impl Config {
         value: &Value,
         base_dir: &Path,
         working_dir: &Path,
+    ) -> Result<Parsed, ConfigError> {
+        Self::from_value_with(value, base_dir, Some(working_dir))
+    }
+
+    /// As [`Config::from_value`]; without `working_dir`, `stateDir` defaults to
+    /// [`default_state_dir`] of `localDir`.
+    ///
+    /// # Errors
+    /// As [`Config::from_value`].
+    pub fn from_value_with(
+        value: &Value,
+        base_dir: &Path,
+        working_dir: Option<&Path>,
     ) -> Result<Parsed, ConfigError> {
         let map = match value {
             Value::Object(m) => m,
@@ -398,9 +413,25 @@ impl Config {
         let certificate_file_path = r.required_path("certificateFilePath");
         let private_key_path = r.required_path("privateKeyPath");
         let root_ca_path = r.required_path("rootCaPath");
-        let state_dir = r
-            .optional_str("stateDir")
-            .map_or_else(|| Some(working_dir.to_owned()), |s| Some(base_dir.join(s)));
+        let state_dir = match (r.optional_str("stateDir"), working_dir, &local_dir) {
+            (Some(s), _, _) => Some(base_dir.join(s)),
+            (None, Some(w), _) => Some(w.to_owned()),
+            (None, None, Some(l)) => Some(default_state_dir(l)),
+            (None, None, None) => None,
+        };
+        if let (Some(state), Some(local)) = (&state_dir, &local_dir) {
+            if lexically_inside(state, local) {
+                r.fail::<()>(
+                    "stateDir",
+                    format!(
+                        "'{}' is inside localDir '{}': an object could overwrite the sync state; choose a folder outside localDir (default: {})",
+                        state.display(),
+                        local.display(),
+                        default_state_dir(local).display()
+                    ),
+                );
+            }
+        }
         let status_topic = r
             .topic(
                 "statusTopic",
@@ -908,6 +939,39 @@ impl Reader<'_> {
     }
 }
 
+/// Where the state lives when `stateDir` is not set outside Greengrass: a hidden sibling of
+/// `localDir` (`/var/lib/site` → `/var/lib/.site.gg-s3-sync`), so it is on the same file system,
+/// never inside the synced folder, and the same wherever the command is started.
+#[must_use]
+pub fn default_state_dir(local_dir: &Path) -> PathBuf {
+    let name = local_dir
+        .file_name()
+        .map_or_else(|| "root".into(), |n| n.to_string_lossy().into_owned());
+    local_dir
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(format!(".{name}.gg-s3-sync"))
+}
+
+/// Whether `inner` is `outer` or below it, comparing normalised components (`.` and `..`
+/// resolved without touching the file system).
+fn lexically_inside(inner: &Path, outer: &Path) -> bool {
+    fn normal(p: &Path) -> Vec<std::ffi::OsString> {
+        let mut out = Vec::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other.as_os_str().to_owned()),
+            }
+        }
+        out
+    }
+    normal(inner).starts_with(&normal(outer))
+}
+
 /// A number given where text is expected, as the user wrote it. The classic nucleus parses
 /// cloud deployments with Gson, which turns every JSON number into a double: a prefix deployed
 /// as `2024` arrives as `2024.0` (and `007` cannot survive any JSON parser). A whole double is
@@ -1086,6 +1150,20 @@ mod tests {
         assert_eq!(ok(&with("prefix", json!("data/"))).config.prefix, "data/");
         let e = err(&with("prefix", json!("/data/")));
         assert!(e[0].problem.contains("use 'data/'"), "{}", e[0]);
+    }
+
+    #[test]
+    fn state_dir_is_never_inside_local_dir_nor_the_working_folder() {
+        let v = base();
+        let c = Config::from_value_with(&v, Path::new("/etc/gg"), None).unwrap().config;
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/.sync.gg-s3-sync"));
+        for inside in ["/var/lib/sync", "/var/lib/sync/state", "/var/lib/sync/a/../state"] {
+            let e = err(&with("stateDir", json!(inside)));
+            assert_eq!(e[0].key, "stateDir", "{inside}");
+            assert!(e[0].problem.contains("inside localDir"), "{}", e[0].problem);
+        }
+        let c = ok(&with("stateDir", json!("/var/lib/sync-state"))).config;
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/sync-state"), "a sibling with a common prefix is fine");
     }
 
     #[test]
