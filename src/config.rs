@@ -591,7 +591,20 @@ impl Reader<'_> {
     fn required_str(&mut self, key: &str) -> Option<String> {
         match self.raw_str(key) {
             Ok(Some(s)) if !s.is_empty() => Some(s),
-            Ok(_) => self.fail(key, "required, but missing or empty"),
+            Ok(_) => {
+                // `localdir` for `localDir`: name the key that was given instead.
+                let near = self
+                    .map
+                    .keys()
+                    .find(|k| k.as_str() != key && k.eq_ignore_ascii_case(key));
+                match near {
+                    Some(k) => self.fail(
+                        key,
+                        format!("required, but missing or empty; the configuration has '{k}' (keys are case-sensitive: rename it to '{key}')"),
+                    ),
+                    None => self.fail(key, "required, but missing or empty"),
+                }
+            }
             Err(()) => None,
         }
     }
@@ -1153,17 +1166,42 @@ mod tests {
     }
 
     #[test]
+    fn a_required_key_in_the_wrong_case_is_named_in_the_error() {
+        let mut v = base();
+        let m = v.as_object_mut().unwrap();
+        let dir = m.remove("localDir").unwrap();
+        m.insert("localdir".into(), dir);
+        let e = err(&v);
+        assert_eq!(e[0].key, "localDir");
+        assert!(
+            e[0].problem.contains("'localdir'") && e[0].problem.contains("rename it to 'localDir'"),
+            "{}",
+            e[0].problem
+        );
+    }
+
+    #[test]
     fn state_dir_is_never_inside_local_dir_nor_the_working_folder() {
         let v = base();
-        let c = Config::from_value_with(&v, Path::new("/etc/gg"), None).unwrap().config;
+        let c = Config::from_value_with(&v, Path::new("/etc/gg"), None)
+            .unwrap()
+            .config;
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/.sync.gg-s3-sync"));
-        for inside in ["/var/lib/sync", "/var/lib/sync/state", "/var/lib/sync/a/../state"] {
+        for inside in [
+            "/var/lib/sync",
+            "/var/lib/sync/state",
+            "/var/lib/sync/a/../state",
+        ] {
             let e = err(&with("stateDir", json!(inside)));
             assert_eq!(e[0].key, "stateDir", "{inside}");
             assert!(e[0].problem.contains("inside localDir"), "{}", e[0].problem);
         }
         let c = ok(&with("stateDir", json!("/var/lib/sync-state"))).config;
-        assert_eq!(c.state_dir, PathBuf::from("/var/lib/sync-state"), "a sibling with a common prefix is fine");
+        assert_eq!(
+            c.state_dir,
+            PathBuf::from("/var/lib/sync-state"),
+            "a sibling with a common prefix is fine"
+        );
     }
 
     #[test]

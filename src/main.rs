@@ -80,9 +80,27 @@ const EXIT_CONFIG: u8 = 2;
 /// Exit code when Greengrass IPC fails: the nucleus restarts the component.
 const EXIT_IPC: u8 = 3;
 
+/// The log format chosen, for [`fatal`].
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// A usage problem (exit 2 like an invalid configuration).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// Reports the error that ends the process, once: an `error:` line for people, or one log
+/// record in JSON format (where a bare text line would break the stream).
+fn fatal(text: &str) {
+    match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => tracing::error!("{text}"),
+        _ => eprintln!("error: {text}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let _ = LOG_FORMAT.set(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,9 +114,18 @@ fn main() -> ExitCode {
     match runtime.block_on(real_main(cli)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_CONFIG)
+            fatal(&format!("{e:#}"));
+            // 2 only for what the user must fix in the configuration or the command line.
+            let config = e.chain().any(|c| {
+                c.downcast_ref::<gg_s3_sync::config::ConfigError>()
+                    .is_some()
+                    || c.downcast_ref::<Usage>().is_some()
+            });
+            if config {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -127,17 +154,20 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(env) =
                 greengrass::Environment::from_vars(|k| std::env::var(k).ok(), kernel_root, cwd)
             else {
-                anyhow::bail!(
+                return Err(Usage(
                     "no --config given and not started by Greengrass (SVCUID and \
                      AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT are not set); pass --config FILE"
-                );
+                        .into(),
+                )
+                .into());
             };
             match greengrass::run(env, clock, cancel).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
-                    let text = chain(&e);
-                    tracing::error!("{text}; exiting so the nucleus restarts the component");
-                    eprintln!("error: {text}");
+                    fatal(&format!(
+                        "{}; exiting so the nucleus restarts the component",
+                        chain(&e)
+                    ));
                     Ok(ExitCode::from(EXIT_IPC))
                 }
             }
@@ -245,9 +275,7 @@ fn report_once(result: Result<Summary, SyncError>, json: bool) -> ExitCode {
             }
         }
         Err(e) => {
-            let text = chain(&e);
-            tracing::error!(code = e.code(), "{text}");
-            eprintln!("error: {text}");
+            fatal(&format!("{} ({})", chain(&e), e.code()));
             ExitCode::FAILURE
         }
     }

@@ -378,3 +378,45 @@ async fn progress_bar_on_a_terminal_plain_lines_otherwise() {
     );
     assert!(r.stderr().contains("sync pass finished"), "{}", r.stderr());
 }
+
+/// A fatal error is printed once, and only configuration or usage problems exit 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn fatal_errors_print_once_and_exit_by_kind() {
+    let env = Env::default().await;
+    let mut cfg = env.config("p/", |_| {});
+    let dir = cfg["localDir"].clone();
+    cfg.as_object_mut().unwrap().remove("localDir");
+    cfg["localdir"] = dir;
+    let path = env.write_config(&cfg);
+    let r = run(&["once", "--config", path.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(2), "{}", r.stderr());
+    assert_eq!(
+        r.stderr().matches("localDir: required").count(),
+        1,
+        "printed once:\n{}",
+        r.stderr()
+    );
+    assert!(
+        r.stderr().contains("rename it to 'localDir'"),
+        "{}",
+        r.stderr()
+    );
+
+    // Not a configuration problem: the state folder cannot be created (its parent is a file).
+    let blocker = env.tmp.path().join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let path = env.write_config(&env.config("p/", |m| {
+        m.insert(
+            "stateDir".into(),
+            blocker.join("state").display().to_string().into(),
+        );
+    }));
+    let r = run(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    assert_eq!(
+        r.stderr().matches("cannot start syncing").count(),
+        1,
+        "{}",
+        r.stderr()
+    );
+}
