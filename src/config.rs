@@ -455,7 +455,7 @@ impl Config {
         let delete_extraneous = r.boolean("deleteExtraneous", false);
         let max_delete_percent = r.number("maxDeletePercent", DEFAULT_MAX_DELETE_PERCENT, 0, 100);
         let sync_jitter_percent = r.number("syncJitterPercent", DEFAULT_SYNC_JITTER_PERCENT, 0, 50);
-        let source = r.source(keys, manifest_key, prefix.as_deref());
+        let source = r.source(keys, manifest_key, prefix.as_deref(), &mut warnings);
         let mqtt = r.mqtt(thing_name.as_deref());
         // Local status always shares the trigger's bus; statusTopic only in MQTT mode.
         let mqtt_status = match &mqtt {
@@ -739,8 +739,24 @@ impl Reader<'_> {
         keys: Option<Vec<String>>,
         manifest: Option<String>,
         prefix: Option<&str>,
+        warnings: &mut Vec<String>,
     ) -> Option<SourceMode> {
-        let keys = keys?;
+        let mut keys = keys?;
+        // A key listed twice would be fetched twice into one file by two tasks.
+        let mut seen = BTreeSet::new();
+        let mut repeated = BTreeSet::new();
+        keys.retain(|k| {
+            let first = seen.insert(k.clone());
+            if !first {
+                repeated.insert(k.clone());
+            }
+            first
+        });
+        for k in &repeated {
+            warnings.push(format!(
+                "keys: '{k}' is listed more than once; it is synced once"
+            ));
+        }
         let prefix = prefix.unwrap_or("");
         match (keys.is_empty(), manifest) {
             (true, None) => Some(SourceMode::Prefix),
@@ -1163,6 +1179,19 @@ mod tests {
         assert_eq!(ok(&with("prefix", json!("data/"))).config.prefix, "data/");
         let e = err(&with("prefix", json!("/data/")));
         assert!(e[0].problem.contains("use 'data/'"), "{}", e[0]);
+    }
+
+    #[test]
+    fn duplicate_keys_are_synced_once_with_a_warning() {
+        let p = ok(&with("keys", json!(["a.txt", "b.txt", "a.txt", "a.txt"])));
+        assert_eq!(
+            p.config.source,
+            SourceMode::Keys(vec!["a.txt".into(), "b.txt".into()])
+        );
+        assert_eq!(
+            p.warnings,
+            ["keys: 'a.txt' is listed more than once; it is synced once"]
+        );
     }
 
     #[test]

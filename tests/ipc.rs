@@ -316,3 +316,22 @@ async fn own_messages_are_not_delivered_back() {
         "the first message delivered is the other component's"
     );
 }
+
+/// A call the nucleus never answers ends with a timeout naming the operation; the connection
+/// stays usable (a busy nucleus is not a lost one).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswered_call_times_out_and_the_connection_stays() {
+    let (_d, n, c) = setup().await;
+    n.never_answer("UpdateState");
+    c.set_call_timeout(Duration::from_millis(300));
+    let e = c.update_state(LifecycleState::Running).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Timeout { operation, .. } if operation.contains("UpdateState")),
+        "{e:?}"
+    );
+    assert!(!e.is_connection_error());
+    assert!(!c.is_closed());
+    c.publish_to_topic("t", json!({"still": "working"}))
+        .await
+        .unwrap();
+}

@@ -256,6 +256,8 @@ struct State {
     /// Messages delivered to the next subscriber of a topic before its response (lite).
     early_events: Vec<(String, Value)>,
     closed_for_size: u64,
+    /// Operations the fake receives but never answers (a stuck nucleus).
+    unanswered: Vec<String>,
     tokens: HashMap<String, String>,
     config: HashMap<String, Value>,
     subs: Vec<Sub>,
@@ -580,6 +582,11 @@ impl FakeNucleus {
         lock(&self.state)
             .early_events
             .push((topic.to_owned(), message));
+    }
+
+    /// From now on, requests for `operation` (e.g. `UpdateState`) get no answer at all.
+    pub fn never_answer(&self, operation: &str) {
+        lock(&self.state).unanswered.push(operation.to_owned());
     }
 
     /// Connections closed because a frame or payload was over lite's limits.
@@ -1112,6 +1119,9 @@ impl FakeNucleus {
 
     fn handle(&self, conn: &Arc<Conn>, id: i32, op: &str, body: &Value) {
         let short = op.strip_prefix("aws.greengrass#").unwrap_or(op);
+        if lock(&self.state).unanswered.iter().any(|u| u == short) {
+            return;
+        }
         let reply = |model: &str, v: &Value, terminate: bool| {
             let _ = conn.tx.send(json_frame(
                 0,

@@ -68,8 +68,8 @@ pub enum Error {
 pub struct Environment {
     /// `AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`, exactly as given.
     pub socket: PathBuf,
-    /// `SVCUID`.
-    pub token: String,
+    /// `SVCUID` (redacted in `Debug`).
+    pub token: crate::credentials::Secret,
     /// `{kernel:rootPath}` (passed by the recipe).
     pub kernel_root: Option<PathBuf>,
     /// The working folder (`{work:path}`): default `stateDir`, base of relative paths.
@@ -97,7 +97,7 @@ impl Environment {
             socket: PathBuf::from(non_empty(
                 "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
             )?),
-            token: non_empty("SVCUID")?,
+            token: crate::credentials::Secret::new(non_empty("SVCUID")?),
             kernel_root,
             working_dir,
             thing_name: non_empty("AWS_IOT_THING_NAME"),
@@ -143,7 +143,7 @@ pub async fn run(
     clock: SharedClock,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let ipc = IpcClient::connect(&env.socket, &env.token).await?;
+    let ipc = IpcClient::connect(&env.socket, env.token.expose()).await?;
     tracing::info!(socket = %env.socket.display(), "connected to the Greengrass nucleus");
     let mut config_events = ipc.subscribe_to_configuration_update(None, &[]).await?;
     let mut updates = match ipc.subscribe_to_component_updates().await {
@@ -285,7 +285,7 @@ fn read_lite_config(dir: &std::path::Path) -> Vec<(String, String)> {
 /// # Errors
 /// A message naming what failed.
 pub async fn load_config(env: &Environment) -> Result<(Config, Vec<String>), String> {
-    let ipc = IpcClient::connect(&env.socket, &env.token)
+    let ipc = IpcClient::connect(&env.socket, env.token.expose())
         .await
         .map_err(|e| chain(&e))?;
     let own = ipc
@@ -723,7 +723,7 @@ mod tests {
         assert!(Environment::from_vars(vars(&[("SVCUID", "T")]), None, "/w".into()).is_none());
         let e = Environment::from_vars(
             vars(&[
-                ("SVCUID", "T"),
+                ("SVCUID", "SVCUID-VALUE"),
                 (
                     "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
                     "../../ipc.socket",
@@ -740,5 +740,9 @@ mod tests {
             "kept exactly as given"
         );
         assert_eq!(e.region.as_deref(), Some("eu-west-1"));
+        assert!(
+            !format!("{e:?}").contains("SVCUID-VALUE"),
+            "the token never shows in Debug output"
+        );
     }
 }

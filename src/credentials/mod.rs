@@ -52,6 +52,20 @@ const STALE_MARGIN: Duration = Duration::from_secs(30);
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub(crate) String);
 
+impl Secret {
+    /// Wraps `value`.
+    #[must_use]
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that sends it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("** redacted **")

@@ -31,6 +31,9 @@ use super::Error;
 
 /// How long the nucleus has to answer CONNECT.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the nucleus has to answer a call (or a subscription's first response). The
+/// classic nucleus can be slow during a deployment; a minute is never normal.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Reply {
@@ -60,6 +63,7 @@ struct Writer {
 
 #[derive(Debug)]
 struct Inner {
+    call_timeout: std::sync::Mutex<Duration>,
     writer: tokio::sync::Mutex<Writer>,
     streams: Mutex<HashMap<i32, Slot>>,
     closed: CancellationToken,
@@ -196,6 +200,7 @@ impl IpcClient {
             return Err(Error::AccessDenied);
         }
         let inner = Arc::new(Inner {
+            call_timeout: std::sync::Mutex::new(CALL_TIMEOUT),
             writer: tokio::sync::Mutex::new(Writer {
                 half: write,
                 next_id: 1,
@@ -206,6 +211,41 @@ impl IpcClient {
         });
         tokio::spawn(read_loop(reader, inner.clone()));
         Ok(Self { inner })
+    }
+
+    /// Changes how long calls wait for an answer (default [`CALL_TIMEOUT`]).
+    pub fn set_call_timeout(&self, timeout: Duration) {
+        *self
+            .inner
+            .call_timeout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = timeout;
+    }
+
+    /// Waits for the answer on stream `id`; on timeout the stream is forgotten.
+    async fn answer(
+        &self,
+        operation: &str,
+        id: i32,
+        rx: oneshot::Receiver<ReplyResult>,
+    ) -> Result<Reply, Error> {
+        let limit = *self
+            .inner
+            .call_timeout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(r) => r
+                .map_err(|_| self.inner.lost())?
+                .map_err(|e| e.for_operation(operation)),
+            Err(_) => {
+                self.inner.streams().remove(&id);
+                Err(Error::Timeout {
+                    operation: operation.to_owned(),
+                    secs: limit.as_secs(),
+                })
+            }
+        }
     }
 
     /// Resolves when the connection is gone; returns why.
@@ -251,11 +291,8 @@ impl IpcClient {
         body: &Req,
     ) -> Result<Resp, Error> {
         let (tx, rx) = oneshot::channel();
-        self.open(operation, body, Slot::Unary(tx)).await?;
-        let reply = rx
-            .await
-            .map_err(|_| self.inner.lost())?
-            .map_err(|e| e.for_operation(operation))?;
+        let id = self.open(operation, body, Slot::Unary(tx)).await?;
+        let reply = self.answer(operation, id, rx).await?;
         decode(operation, &format!("{operation}Response"), &reply)
     }
 
@@ -277,10 +314,7 @@ impl IpcClient {
                 },
             )
             .await?;
-        let reply = first_rx
-            .await
-            .map_err(|_| self.inner.lost())?
-            .map_err(|e| e.for_operation(operation))?;
+        let reply = self.answer(operation, id, first_rx).await?;
         check_model(operation, &format!("{operation}Response"), &reply)?;
         Ok(Subscription {
             id,

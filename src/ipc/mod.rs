@@ -72,6 +72,14 @@ pub enum Error {
         detail: String,
     },
     /// 2^31 streams were opened on one connection.
+    /// The nucleus did not answer a call in time (it is busy or stuck; not a lost connection).
+    #[error("{operation}: the nucleus did not answer within {secs} s")]
+    Timeout {
+        /// The operation.
+        operation: String,
+        /// The limit.
+        secs: u64,
+    },
     #[error("IPC stream ids exhausted; reconnect")]
     StreamIdsExhausted,
 }

@@ -73,6 +73,10 @@ pub enum Unsafe {
     FolderWithContent,
     /// Looks like the component's own temporary files.
     Reserved,
+    /// Contains a character that changes how the name displays without being seen: bidi
+    /// controls (`invoice` + U+202E + `fdp.exe` shows as `invoiceexe.pdf`; CVE-2021-42574) or
+    /// zero-width characters (two names that look identical).
+    Invisible(char),
 }
 
 impl fmt::Display for Unsafe {
@@ -98,6 +102,11 @@ impl fmt::Display for Unsafe {
             Self::Reserved => {
                 f.write_str("key uses the component's reserved '.gg-s3-sync.' file names")
             }
+            Self::Invisible(c) => write!(
+                f,
+                "key contains the invisible character U+{:04X}, which makes a file name display as something else",
+                u32::from(*c)
+            ),
         }
     }
 }
@@ -160,6 +169,16 @@ fn check_chars(s: &str) -> Option<Unsafe> {
         '\0' => Some(Unsafe::Nul),
         '\\' => Some(Unsafe::Backslash),
         c if c.is_control() => Some(Unsafe::ControlCharacter),
+        // Bidi embeddings, overrides, isolates and marks; zero-width space, joiners, word
+        // joiner and BOM (Unicode TR 9 and TR 36).
+        '\u{202A}'..='\u{202E}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{200E}'
+        | '\u{200F}'
+        | '\u{061C}'
+        | '\u{200B}'..='\u{200D}'
+        | '\u{2060}'
+        | '\u{FEFF}' => Some(Unsafe::Invisible(c)),
         _ => None,
     })
 }
@@ -516,6 +535,18 @@ mod tests {
             Unsafe::SegmentTooLong(256)
         );
         assert_eq!(unsafe_("p/d/.gg-s3-sync.0123.part"), Unsafe::Reserved);
+        assert_eq!(
+            unsafe_("p/invoice\u{202E}fdp.exe"),
+            Unsafe::Invisible('\u{202E}')
+        );
+        assert_eq!(
+            unsafe_("p/pay\u{200B}roll.csv"),
+            Unsafe::Invisible('\u{200B}')
+        );
+        assert!(
+            matches!(map_key("p/نص/ملف.txt", "p/", 1), KeyVerdict::Path(_)),
+            "right-to-left text itself is fine"
+        );
         assert_eq!(unsafe_("p/.gg-s3-sync.abc.resume.json"), Unsafe::Reserved);
     }
 
