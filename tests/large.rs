@@ -304,3 +304,27 @@ async fn an_expired_token_on_a_part_fetches_fresh_credentials() {
         "the expired credentials were dropped and new ones fetched"
     );
 }
+
+/// Parts in flight are bounded by maxConcurrency across all objects (each holds a write
+/// buffer): memory no longer grows as objects × parts.
+#[tokio::test(flavor = "multi_thread")]
+async fn parts_in_flight_are_bounded_across_objects() {
+    let env = Env::default().await;
+    for i in 0..3 {
+        env.put(&format!("m/{i}.bin"), noise(3 * MIB, 20 + i)).await;
+    }
+    env.stack.s3.set_chunk_delay(Duration::from_millis(1));
+    let s = env
+        .once_with("m/", |m| {
+            m.insert("rangedDownloadThresholdBytes".into(), "1048576".into());
+            m.insert("maxConcurrency".into(), "2".into());
+        })
+        .await
+        .assert_ok();
+    assert_eq!(s["downloaded"], 3);
+    assert!(
+        env.stack.s3.max_concurrent_gets() <= 2,
+        "{} GETs at once",
+        env.stack.s3.max_concurrent_gets()
+    );
+}

@@ -370,6 +370,9 @@ struct Hooks {
     ranged_threshold: u64,
     /// Parts of one object fetched at once.
     ranged_parallel: usize,
+    /// Parts in flight across all objects: each holds a write buffer, so this bounds memory
+    /// (`maxConcurrency` parts, whatever the number of large objects at once).
+    part_slots: Arc<tokio::sync::Semaphore>,
     /// To drop credentials S3 called expired (ranged parts retry on their own).
     credentials: IotCredentialsProvider,
 }
@@ -456,6 +459,7 @@ impl Syncer {
             crate::backoff::RateLimiter::new(settings.bandwidth_limit, clock.clone()).map(Arc::new);
         let (ranged_threshold, ranged_parallel) =
             (settings.ranged_threshold, settings.max_concurrency.min(4));
+        let part_slots = Arc::new(tokio::sync::Semaphore::new(settings.max_concurrency.max(1)));
         Self {
             settings,
             source,
@@ -468,6 +472,7 @@ impl Syncer {
                 progress: None,
                 ranged_threshold,
                 ranged_parallel,
+                part_slots,
                 credentials: credentials.clone(),
             },
             credentials,
@@ -527,7 +532,7 @@ impl Syncer {
             self.prepare_local_dir()?;
             let lock =
                 crate::lock::InstanceLock::acquire(&self.settings.local_dir, self.state.path())?;
-            self.sweep_once()?;
+            off_runtime(|| self.sweep_once())?;
             Some(lock)
         };
         // Fetch credentials first so their errors arrive whole, not wrapped by the SDK.
@@ -558,21 +563,22 @@ impl Syncer {
         };
         if let Err(e) = result {
             tasks.shutdown().await;
-            self.state.commit()?;
+            off_runtime(|| self.state.commit())?;
             return Err(e);
         }
         while let Some(joined) = tasks.join_next().await {
             self.absorb(joined, &mut summary)?;
         }
         if cancel.is_cancelled() {
-            self.state.commit()?;
+            off_runtime(|| self.state.commit())?;
             return Err(Error::Cancelled);
         }
         if self.settings.delete_extraneous {
-            self.delete_extraneous(&seen, dry_run, &mut summary)?;
+            off_runtime(|| self.delete_extraneous(&seen, dry_run, &mut summary))?;
         }
         if !dry_run {
-            self.state.commit()?;
+            // fsync, and now and then a compaction: not on a runtime thread.
+            off_runtime(|| self.state.commit())?;
         }
         summary.finished_at = rfc3339(self.clock.now());
         summary.duration_ms = u64::try_from(
@@ -1221,6 +1227,16 @@ async fn download(
         },
         bytes: received,
     })
+}
+
+/// Runs blocking file work (a tree walk, fsyncs, a state compaction, deletions) without holding
+/// up a runtime worker: `block_in_place` moves the worker's other tasks elsewhere. On a
+/// current-thread runtime it runs inline.
+fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 /// A failure while reading a body: the SDK's checksum verification, or the network.

@@ -21,6 +21,15 @@ use super::plan::{self, LocalFile, Remote, TEMP_PREFIX, TEMP_SUFFIX};
 use super::s3::Source;
 use super::{body_error, chain, hex, Error, Hooks, DISK_HEADROOM, OBJECT_ATTEMPTS, OBJECT_BACKOFF};
 
+/// How often the resume sidecar is rewritten while parts complete.
+const SIDECAR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A monotonic instant for throttling sidecar writes (no wall time is involved).
+#[allow(clippy::disallowed_methods)]
+fn monotonic_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
 /// Marks resumable files, which the start-up sweep keeps.
 pub(crate) const RESUME_MARK: &str = ".resume.";
 
@@ -182,14 +191,17 @@ pub(super) async fn download(
             });
         }
     }
+    let done: std::collections::HashSet<usize> = side.done.iter().copied().collect();
     let mut todo: Vec<(usize, (u64, u64))> = all
         .iter()
         .copied()
         .enumerate()
-        .filter(|(i, _)| !side.done.contains(i))
+        .filter(|(i, _)| !done.contains(i))
         .collect();
+    drop(done);
     todo.reverse(); // pop() takes them in order
     let mut running: JoinSet<Result<(usize, plan::Encryption), Error>> = JoinSet::new();
+    let mut last_save = monotonic_now();
     loop {
         while running.len() < parallel.max(1) {
             let Some((index, range)) = todo.pop() else {
@@ -198,6 +210,8 @@ pub(super) async fn download(
             let (source, remote, names, hooks) =
                 (source.clone(), remote.clone(), p.clone(), hooks.clone());
             running.spawn(async move {
+                // Closed only if the engine is gone; then the part simply runs.
+                let _slot = hooks.part_slots.clone().acquire_owned().await.ok();
                 fetch_part_with_retries(&source, &remote, &names, range, &hooks)
                     .await
                     .map(|enc| (index, enc))
@@ -216,8 +230,14 @@ pub(super) async fn download(
             Ok((index, enc)) => {
                 side.encryption = side.encryption.or(enc);
                 side.done.push(index);
-                let (names, snapshot) = (p.clone(), side.clone());
-                blocking(p.path(&p.sidecar), move || names.save(&snapshot)).await?;
+                // The sidecar lists every part done: rewriting it for each part would cost
+                // O(parts²). At most once a second (and at the end) loses at most a second of
+                // parts to a crash; those are fetched again.
+                if last_save.elapsed() >= SIDECAR_INTERVAL || todo.is_empty() {
+                    let (names, snapshot) = (p.clone(), side.clone());
+                    blocking(p.path(&p.sidecar), move || names.save(&snapshot)).await?;
+                    last_save = monotonic_now();
+                }
             }
             Err(e) => {
                 running.shutdown().await;
