@@ -67,6 +67,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "bandwidthLimitBytesPerSec",
     "rangedDownloadThresholdBytes",
     "maxDeferSeconds",
+    "fileMode",
+    "dirMode",
 ];
 
 /// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
@@ -280,6 +282,10 @@ pub struct Config {
     pub ranged_threshold: u64,
     /// `maxDeferSeconds`: how long a running pass may hold back a component update (Greengrass).
     pub max_defer: Duration,
+    /// `fileMode`: permission bits of written files (`None`: 0666 less the umask).
+    pub file_mode: Option<u32>,
+    /// `dirMode`: permission bits of created folders (`None`: 0777 less the umask).
+    pub dir_mode: Option<u32>,
 }
 
 /// `mqtt`: status over MQTT with the device certificate, for devices without Greengrass.
@@ -485,6 +491,8 @@ impl Config {
                 }
             });
         let max_defer = r.number("maxDeferSeconds", DEFAULT_MAX_DEFER_SECS, 0, 86_400);
+        let file_mode = r.mode("fileMode", 0o400);
+        let dir_mode = r.mode("dirMode", 0o700);
         let refresh_ahead = r.number(
             "credentialsRefreshAheadSeconds",
             DEFAULT_REFRESH_AHEAD_SECS,
@@ -527,6 +535,8 @@ impl Config {
                 bandwidth_limit: bandwidth_limit?,
                 ranged_threshold: ranged_threshold?,
                 max_defer: Duration::from_secs(max_defer?),
+                file_mode: file_mode?,
+                dir_mode: dir_mode?,
             })
         })();
         config
@@ -803,6 +813,37 @@ impl Reader<'_> {
             return self.fail(key, format!("'{raw}' is not a topic this component may publish on (reserved or over 256 characters)"));
         }
         Some(Some(raw))
+    }
+
+    /// Permission bits as an octal string (`"0640"`, `"640"`); absent or `""` = the umask's.
+    /// `needed` bits the component itself needs (to read back files, to work in folders).
+    fn mode(&mut self, key: &str, needed: u32) -> Option<Option<u32>> {
+        let raw = match self.map.get(key) {
+            None | Some(Value::Null) => return Some(None),
+            Some(Value::String(s)) if s.trim().is_empty() => return Some(None),
+            Some(Value::String(s)) => s.trim().to_owned(),
+            Some(other) => {
+                return self.fail(
+                    key,
+                    format!(
+                        "expected an octal string such as \"0640\", got {}",
+                        kind(other)
+                    ),
+                )
+            }
+        };
+        let digits = raw.strip_prefix("0o").unwrap_or(&raw);
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if m <= 0o777 && m & needed == needed => Some(Some(m)),
+            Ok(m) if m <= 0o777 => self.fail(
+                key,
+                format!("{raw} leaves out {needed:o}, which the component needs itself (e.g. \"0{:o}\")", m | needed),
+            ),
+            _ => self.fail(
+                key,
+                format!("expected permission bits in octal from 0000 to 0777 such as \"0640\", got '{raw}'"),
+            ),
+        }
     }
 
     /// A trigger filter that matches a topic the component publishes its status on would
@@ -1179,6 +1220,29 @@ mod tests {
         assert_eq!(ok(&with("prefix", json!("data/"))).config.prefix, "data/");
         let e = err(&with("prefix", json!("/data/")));
         assert!(e[0].problem.contains("use 'data/'"), "{}", e[0]);
+    }
+
+    #[test]
+    fn file_and_dir_modes_are_octal_and_keep_what_the_component_needs() {
+        let c = ok(&with("fileMode", json!("0640"))).config;
+        assert_eq!(c.file_mode, Some(0o640));
+        assert_eq!(
+            ok(&with("dirMode", json!("750"))).config.dir_mode,
+            Some(0o750)
+        );
+        assert_eq!(ok(&base()).config.file_mode, None);
+        assert!(err(&with("fileMode", json!("0040")))[0]
+            .problem
+            .contains("0440"));
+        assert!(err(&with("dirMode", json!("0500")))[0]
+            .problem
+            .contains("0700"));
+        assert!(err(&with("fileMode", json!("0999")))[0]
+            .problem
+            .contains("octal"));
+        assert!(err(&with("fileMode", json!(640)))[0]
+            .problem
+            .contains("octal string"));
     }
 
     #[test]

@@ -444,3 +444,40 @@ async fn archived_objects_are_skipped_with_the_reason() {
     let t = tree(&env.local);
     assert_eq!(t.keys().collect::<Vec<_>>(), ["instant.bin", "live.txt"]);
 }
+
+/// fileMode and dirMode give exact permission bits whatever the umask (synced files were
+/// 0644 under root's umask, 0600 under a strict one).
+#[tokio::test(flavor = "multi_thread")]
+async fn file_and_dir_modes_apply_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::default().await;
+    env.put("m/a/b/file.txt", "x").await;
+    env.put("m/big.bin", noise(3 << 20, 1)).await;
+    let cfg = env.write_config(&env.config("m/", |m| {
+        m.insert("fileMode".into(), "0644".into());
+        m.insert("dirMode".into(), "0755".into());
+        m.insert("rangedDownloadThresholdBytes".into(), "1048576".into());
+    }));
+    let out = std::process::Command::new("sh")
+        .args(["-c", "umask 077; exec \"$0\" once --config \"$1\""])
+        .arg(common::bin())
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &str| {
+        std::fs::metadata(env.local.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("a/b/file.txt"), 0o644);
+    assert_eq!(mode("big.bin"), 0o644, "the ranged path too");
+    assert_eq!(mode("a"), 0o755);
+    assert_eq!(mode("a/b"), 0o755);
+}

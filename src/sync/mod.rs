@@ -290,6 +290,8 @@ pub struct SyncSettings {
     pub bandwidth_limit: u64,
     /// Ranged-download threshold (0 = off).
     pub ranged_threshold: u64,
+    /// `fileMode` / `dirMode`.
+    pub modes: local::Modes,
 }
 
 impl From<&Config> for SyncSettings {
@@ -310,6 +312,10 @@ impl From<&Config> for SyncSettings {
             delete_extraneous: c.delete_extraneous,
             max_delete_percent: c.max_delete_percent,
             bandwidth_limit: c.bandwidth_limit,
+            modes: local::Modes {
+                file: c.file_mode,
+                dir: c.dir_mode,
+            },
             ranged_threshold: c.ranged_threshold,
         }
     }
@@ -798,7 +804,7 @@ impl Syncer {
             path: dir.clone(),
             source,
         })?;
-        self.root = Some(local::Folder::open_root(dir)?);
+        self.root = Some(local::Folder::open_root_with(dir, self.settings.modes)?);
         Ok(())
     }
 
