@@ -142,6 +142,22 @@ pub(super) async fn download(
     hooks: &Hooks,
 ) -> Result<LocalFile, Error> {
     let p = Arc::new(names(folder, &remote.key));
+    // A full disk can surface in any write (a part, the sidecar, the commit): one mapping.
+    download_into(source, remote, &p, dest, part_size, parallel, hooks)
+        .await
+        .map_err(|e| disk_full_or(remote, &p, e))
+}
+
+async fn download_into(
+    source: &Source,
+    remote: &Remote,
+    p: &Arc<Names>,
+    dest: &str,
+    part_size: u64,
+    parallel: usize,
+    hooks: &Hooks,
+) -> Result<LocalFile, Error> {
+    let folder = &p.folder;
     let wanted = Sidecar {
         key: remote.key.clone(),
         etag: remote.etag.clone(),
