@@ -16,7 +16,8 @@
 //! - [`check`]: the preflight doctor (`gg-s3-sync check`).
 //! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
 //! - [`lock`]: one writer per `localDir` and state file (flock; the holder's PID).
-//! - [`topic`]: MQTT topic filter matching (pure).
+//! - [`endpoint`], [`glob`], [`topic`]: `host:port` endpoints, key globs and MQTT topic
+//!   filters (pure parsers and matchers).
 //! - [`clock`], [`backoff`], [`errtext`]: injected time, retry policy, error text.
 
 pub mod app;
@@ -26,7 +27,9 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod discovery;
+pub mod endpoint;
 pub mod errtext;
+pub mod glob;
 pub mod ipc;
 pub mod lock;
 pub mod mqtt;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use aws_credential_types::provider::ProvideCredentials;
 use devstack::{account, pki, Device, Options, Policy, Role, RoleAlias};
 use gg_s3_sync::clock::{ManualClock, SharedClock};
-use gg_s3_sync::config::Endpoint;
 use gg_s3_sync::credentials::{Error, IotCredentialsProvider, ProviderSettings, CLIENT_ERROR_TTL};
+use gg_s3_sync::endpoint::Endpoint;
 
 use common::Env;
 

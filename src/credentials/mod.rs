@@ -32,7 +32,8 @@ use aws_smithy_types::date_time::{DateTime, Format};
 
 use crate::backoff::Backoff;
 use crate::clock::SharedClock;
-use crate::config::{Config, Endpoint};
+use crate::config::Config;
+use crate::endpoint::Endpoint;
 
 /// How long a 4xx-type failure is remembered before the endpoint is asked again.
 pub const CLIENT_ERROR_TTL: Duration = Duration::from_secs(120);

@@ -519,7 +519,7 @@ async fn read_loop(mut reader: FrameReader, inner: Arc<Inner>) {
         let frame = match frame {
             Ok(Some(f)) => f,
             Ok(None) => break "the nucleus closed the IPC socket".to_owned(),
-            Err(e) => break crate::sync::chain(&e),
+            Err(e) => break crate::errtext::chain(&e),
         };
         match rpc::classify(frame) {
             Incoming::Reply {
