@@ -586,7 +586,7 @@ pub fn is_leftover(name: &str, modified: Option<SystemTime>, now: SystemTime) ->
     if !name.starts_with(TEMP_PREFIX) {
         return false;
     }
-    if name.contains(super::ranged::RESUME_MARK) {
+    if name.contains(super::plan::RESUME_MARK) {
         return modified
             .is_some_and(|m| now.duration_since(m).unwrap_or_default() > RESUME_MAX_AGE);
     }

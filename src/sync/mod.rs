@@ -5,48 +5,43 @@
 //! page plus the in-flight bodies. Each download is verified (length, and MD5 for single-part
 //! ETags) before it is renamed into place, and recorded in the [`state`] store only after that.
 //!
-//! - `plan`: pure decisions (key → path, download or not).
+//! - `plan`: pure decisions (key → path, download or not, verification, deletions).
 //! - `s3`: the S3 client and error mapping.
-//! - `local`: atomic writes, safe folders, temp-file sweep.
+//! - `download`: one object's job, retries and verification; `download::ranged` for large ones.
+//! - `local`: folder descriptors, the durable commit, the temp-file sweep.
 //! - `state`: the crash-safe record of what was written.
+//! - `summary`: what a pass did, capped for every sink.
+//! - `manifest`: fetching and caching `manifestKey`.
+//! - `delete`: carrying out `deleteExtraneous`.
 
+mod delete;
+mod download;
 pub mod filter;
 pub mod local;
+pub mod manifest;
 pub mod plan;
-mod ranged;
 pub mod s3;
 pub mod state;
 pub mod summary;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use std::collections::HashSet;
 
 use md5::{Digest, Md5};
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::clock::SharedClock;
 use crate::config::{Config, SourceMode};
 use crate::credentials::{rfc3339, IotCredentialsProvider};
+use download::{download_with_retries, Hooks, Job, Outcome};
 use filter::Filter;
-use plan::{Action, KeyVerdict, Reason, RelPath, Remote};
+use plan::{Action, KeyVerdict, RelPath};
 use s3::{S3Settings, Source};
 use state::StateStore;
 pub use summary::{KeyProblem, PlannedAction, Summary};
-
-/// Attempts per object for failures that can pass on retry.
-const OBJECT_ATTEMPTS: u32 = 3;
-const OBJECT_BACKOFF: Backoff = Backoff {
-    base: Duration::from_millis(200),
-    cap: Duration::from_secs(5),
-};
-/// Space left free on the disk beyond each object, so a sync never fills it to the last byte.
-const DISK_HEADROOM: u64 = 64 * 1024;
 
 /// Sync failures.
 #[derive(Debug, thiserror::Error)]
@@ -365,64 +360,6 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     fn transferred(&self, bytes: u64);
     /// A queued download ended (in any way).
     fn finished(&self);
-}
-
-/// What every download task shares: the bandwidth limit and the progress sink.
-#[derive(Debug, Clone)]
-struct Hooks {
-    limiter: Option<Arc<crate::backoff::RateLimiter>>,
-    progress: Option<Arc<dyn Progress>>,
-    /// Objects larger than this are fetched in ranged parts (0 = never).
-    ranged_threshold: u64,
-    /// Parts of one object fetched at once.
-    ranged_parallel: usize,
-    /// Parts in flight across all objects: each holds a write buffer, so this bounds memory
-    /// (`maxConcurrency` parts, whatever the number of large objects at once).
-    part_slots: Arc<tokio::sync::Semaphore>,
-    /// To drop credentials S3 called expired (ranged parts retry on their own).
-    credentials: IotCredentialsProvider,
-}
-
-/// One object to fetch.
-#[derive(Debug)]
-enum Job {
-    /// Listed: its ETag and size are known; GET If-Match.
-    Listed {
-        remote: Remote,
-        rel: RelPath,
-        reason: Reason,
-    },
-    /// Named by keys/manifest: conditional GET If-None-Match the recorded ETag when the local
-    /// copy is intact (304 = unchanged), plain GET otherwise.
-    Unlisted {
-        key: String,
-        rel: RelPath,
-        if_none_match: Option<String>,
-    },
-}
-
-impl Job {
-    fn key(&self) -> &str {
-        match self {
-            Self::Listed { remote, .. } => &remote.key,
-            Self::Unlisted { key, .. } => key,
-        }
-    }
-}
-
-enum Outcome {
-    Downloaded {
-        key: String,
-        recorded: plan::Recorded,
-        bytes: u64,
-    },
-    NotModified,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ManifestCache {
-    etag: String,
-    keys: Vec<String>,
 }
 
 type Task = (String, Result<Outcome, Error>);
@@ -865,166 +802,6 @@ impl Syncer {
         }
         Ok(())
     }
-
-    /// After a complete pass: remove files the component wrote whose objects are gone, unless
-    /// excluded, edited since, or over the `maxDeletePercent` guard.
-    fn delete_extraneous(
-        &mut self,
-        seen: &HashSet<String>,
-        dry_run: bool,
-        summary: &mut Summary,
-    ) -> Result<(), Error> {
-        let prefix = self.settings.prefix.clone();
-        let filter = self.settings.filter.clone();
-        let protected = |key: &str| {
-            key.strip_prefix(prefix.as_str())
-                .is_none_or(|rel| !filter.allows(rel))
-        };
-        let decision = plan::plan_deletions(
-            self.state.keys(),
-            seen,
-            protected,
-            self.settings.max_delete_percent,
-        );
-        if let Some((would, total)) = decision.refused {
-            let message = format!(
-                "refusing to delete {would} of {total} synced files ({}% > maxDeletePercent {}); if the objects were \
-                 really removed, raise maxDeletePercent for one pass",
-                would * 100 / total.max(1),
-                self.settings.max_delete_percent
-            );
-            tracing::error!("{message}");
-            summary.refuse_deletions(would as u64, message);
-            return Ok(());
-        }
-        for key in decision.delete {
-            let Some(recorded) = self.state.get(&key) else {
-                continue;
-            };
-            let KeyVerdict::Path(rel) = plan::map_key(&key, &prefix, recorded.size.max(1)) else {
-                self.state.forget(&key)?;
-                continue;
-            };
-            let dest = self.settings.local_dir.join(rel.as_str());
-            match self.observe(&rel) {
-                Some(l) if l.size == recorded.size && l.mtime_ns == recorded.mtime_ns => {
-                    if dry_run {
-                        planned(summary, "delete", &key, Some(&rel), "object is gone".into());
-                        continue;
-                    }
-                    // One failure is that file's, not the pass's: the others are still
-                    // deleted and the state committed.
-                    match self.delete_file(&rel) {
-                        Ok(()) => {
-                            self.state.forget(&key)?;
-                            summary.deleted += 1;
-                            tracing::info!(key = %key, path = %dest.display(), "deleted: the object is gone");
-                        }
-                        Err(e) => {
-                            let message = chain(&e);
-                            tracing::warn!(key = %key, error = %message, "cannot delete a file whose object is gone");
-                            summary.fail(&key, "DeleteFailed", message);
-                        }
-                    }
-                }
-                Some(_) => {
-                    planned(
-                        summary,
-                        "keep",
-                        &key,
-                        Some(&rel),
-                        "object is gone but the file was edited locally".into(),
-                    );
-                    tracing::warn!(path = %dest.display(), "object is gone but the local file was edited since it was synced; kept");
-                }
-                None if !dry_run => self.state.forget(&key)?,
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the file at `rel` and then every folder above it that this left empty, up to
-    /// (not including) `localDir`, so an object `a` can later replace a deleted `a/b`.
-    fn delete_file(&self, rel: &RelPath) -> Result<(), Error> {
-        let Some(root) = &self.root else {
-            return Ok(());
-        };
-        let Some((folder, name)) = root.parent_of(rel, false)? else {
-            return Ok(()); // already gone with its folder
-        };
-        folder.remove(name)?;
-        folder.sync()?;
-        let segments: Vec<&str> = rel.segments().collect();
-        for depth in (1..segments.len()).rev() {
-            let parent_rel = plan::RelPath::from_segments(&segments[..depth]);
-            let Some((parent, dir_name)) = root.parent_of(&parent_rel, false)? else {
-                break;
-            };
-            if !parent.remove_empty_folder(dir_name)? {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// The manifest's keys: a conditional GET against the cached copy.
-    async fn fetch_manifest(&mut self, key: &str, dry_run: bool) -> Result<Vec<String>, Error> {
-        let cache_path = self.settings.state_dir.join(
-            self.settings
-                .state_file_name()
-                .replace(".jsonl", ".manifest.json"),
-        );
-        let cached: Option<ManifestCache> = std::fs::read(&cache_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let bad = |detail: String| Error::Manifest {
-            bucket: self.settings.s3.bucket.clone(),
-            key: key.to_owned(),
-            detail,
-        };
-        let out = match self
-            .source
-            .get_conditional(key, cached.as_ref().map(|c| c.etag.as_str()))
-            .await
-        {
-            Ok(Some(out)) => out,
-            Ok(None) => return Ok(cached.map(|c| c.keys).unwrap_or_default()),
-            Err(Error::Vanished { .. }) => return Err(bad("it does not exist (NoSuchKey)".into())),
-            Err(e) => return Err(e),
-        };
-        let etag = out.e_tag().map(plan::normalize_etag).unwrap_or_default();
-        let mut body = out.body;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.try_next().await.map_err(|e| Error::Network {
-            op: "GetObject",
-            target: key.to_owned(),
-            detail: chain(&e),
-        })? {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() > plan::MAX_MANIFEST_BYTES {
-                return Err(bad(format!(
-                    "larger than {} bytes",
-                    plan::MAX_MANIFEST_BYTES
-                )));
-            }
-        }
-        let keys = plan::parse_manifest(&bytes).map_err(bad)?;
-        if !dry_run && !etag.is_empty() {
-            let text = serde_json::to_vec(&ManifestCache {
-                etag,
-                keys: keys.clone(),
-            })
-            .unwrap_or_default();
-            let tmp = cache_path.with_extension("tmp");
-            if let Err(e) =
-                std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &cache_path))
-            {
-                tracing::warn!(path = %cache_path.display(), error = %e, "cannot cache the manifest; it is fetched whole next pass");
-            }
-        }
-        Ok(keys)
-    }
 }
 
 fn planned(
@@ -1037,204 +814,6 @@ fn planned(
     summary.plan(action, key, rel.map(ToString::to_string), reason);
 }
 
-async fn download_with_retries(
-    source: &Source,
-    creds: &IotCredentialsProvider,
-    root: &local::Folder,
-    job: &Job,
-    hooks: &Hooks,
-) -> Result<Outcome, Error> {
-    let mut attempt = 0;
-    // The digest of the last corrupt body: the same wrong digest twice is not a transfer error
-    // but what the server stores, and no retry changes it.
-    let mut corrupt: Option<String> = None;
-    loop {
-        match download(source, root, job, hooks).await {
-            Err(Error::Corrupt {
-                key,
-                expected,
-                actual,
-            }) => {
-                if corrupt.as_deref() == Some(actual.as_str()) || attempt + 1 >= OBJECT_ATTEMPTS {
-                    return Err(Error::Corrupt {
-                        key,
-                        expected,
-                        actual,
-                    });
-                }
-                tracing::debug!(key = %job.key(), %actual, "retrying a body that failed verification");
-                corrupt = Some(actual);
-            }
-            Err(Error::ExpiredToken) if attempt + 1 < OBJECT_ATTEMPTS => {
-                // The credentials expired under us (e.g. a long transfer); refresh, then retry.
-                creds.invalidate().await;
-            }
-            Err(e) if e.is_retryable() && attempt + 1 < OBJECT_ATTEMPTS => {
-                let delay = OBJECT_BACKOFF.random_delay(attempt);
-                tracing::debug!(key = %job.key(), error = %chain(&e), ?delay, "retrying object");
-                tokio::time::sleep(delay).await;
-            }
-            other => return other,
-        }
-        attempt += 1;
-    }
-}
-
-/// Fetches one object and writes it into place: temp file, verify, fsync, rename.
-async fn download(
-    source: &Source,
-    root: &local::Folder,
-    job: &Job,
-    hooks: &Hooks,
-) -> Result<Outcome, Error> {
-    if let Job::Listed { remote, rel, .. } = job {
-        if hooks.ranged_threshold > 0
-            && remote.size > hooks.ranged_threshold
-            && !remote.etag.is_empty()
-        {
-            let (folder, name) = local::prepare_destination(root, rel)?;
-            let part_size = (hooks.ranged_threshold / 2).max(1);
-            let written = ranged::download(
-                source,
-                remote,
-                &folder,
-                name,
-                part_size,
-                hooks.ranged_parallel,
-                hooks,
-            )
-            .await?;
-            return Ok(Outcome::Downloaded {
-                key: remote.key.clone(),
-                recorded: plan::Recorded {
-                    etag: plan::version_tag(remote),
-                    size: remote.size,
-                    mtime_ns: written.mtime_ns,
-                },
-                bytes: remote.size,
-            });
-        }
-    }
-    let (out, remote, rel) = match job {
-        Job::Listed { remote, rel, .. } => (
-            source.get(&remote.key, &remote.etag).await?,
-            remote.clone(),
-            rel,
-        ),
-        Job::Unlisted {
-            key,
-            rel,
-            if_none_match,
-        } => {
-            let Some(out) = source
-                .get_conditional(key, if_none_match.as_deref())
-                .await?
-            else {
-                return Ok(Outcome::NotModified);
-            };
-            let remote = Remote {
-                key: key.clone(),
-                etag: out.e_tag().map(plan::normalize_etag).unwrap_or_default(),
-                size: out
-                    .content_length()
-                    .and_then(|l| u64::try_from(l).ok())
-                    .unwrap_or(0),
-                last_modified: out
-                    .last_modified()
-                    .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
-            };
-            (out, remote, rel)
-        }
-    };
-    let (folder, name) = local::prepare_destination(root, rel)?;
-    let parent = folder.path().to_owned();
-    let needed = remote.size.saturating_add(DISK_HEADROOM);
-    if let Some(free) = folder.free_space() {
-        if free < needed {
-            return Err(Error::DiskFull {
-                key: remote.key.clone(),
-                needed,
-                dir: parent.to_owned(),
-                free: Some(free),
-            });
-        }
-    }
-    let disk_full = |e: local::Error| {
-        if local::is_disk_full(&e) {
-            Error::DiskFull {
-                key: remote.key.clone(),
-                needed,
-                dir: parent.clone(),
-                free: folder.free_space(),
-            }
-        } else {
-            Error::Local(e)
-        }
-    };
-    let expected_md5 = plan::expected_md5(&remote.etag, s3::encryption_of(&out));
-    let mut hasher = expected_md5.as_ref().map(|_| Md5::new());
-    let mut body = out.body;
-    let mut tmp = local::TempFile::create(&folder).await.map_err(disk_full)?;
-    let mut received: u64 = 0;
-    loop {
-        let chunk = body
-            .try_next()
-            .await
-            .map_err(|e| body_error(&remote.key, &e))?;
-        let Some(chunk) = chunk else { break };
-        received += chunk.len() as u64;
-        if received > remote.size {
-            break;
-        }
-        if let Some(l) = &hooks.limiter {
-            l.acquire(chunk.len()).await;
-        }
-        if let Some(p) = &hooks.progress {
-            p.transferred(chunk.len() as u64);
-        }
-        if let Some(h) = hasher.as_mut() {
-            h.update(&chunk);
-        }
-        tmp.write(&chunk).await.map_err(disk_full)?;
-    }
-    if received != remote.size {
-        return Err(Error::Truncated {
-            key: remote.key.clone(),
-            expected: remote.size,
-            received,
-        });
-    }
-    if let (Some(h), Some(expected)) = (hasher, expected_md5) {
-        let actual = hex(&h.finalize());
-        if actual != expected {
-            return Err(Error::Corrupt {
-                key: remote.key.clone(),
-                expected: format!("MD5 {expected} (ETag)"),
-                actual: format!("MD5 {actual}"),
-            });
-        }
-    }
-    let written = tmp
-        .commit(name, remote.last_modified)
-        .await
-        .map_err(disk_full)?;
-    let dest = folder.display(name);
-    let why = match job {
-        Job::Listed { reason, .. } => reason.to_string(),
-        Job::Unlisted { .. } => "named in keys/manifest".to_owned(),
-    };
-    tracing::debug!(key = %remote.key, path = %dest.display(), bytes = received, reason = %why, "downloaded");
-    Ok(Outcome::Downloaded {
-        key: remote.key.clone(),
-        recorded: plan::Recorded {
-            etag: plan::version_tag(&remote),
-            size: remote.size,
-            mtime_ns: written.mtime_ns,
-        },
-        bytes: received,
-    })
-}
-
 /// Runs blocking file work (a tree walk, fsyncs, a state compaction, deletions) without holding
 /// up a runtime worker: `block_in_place` moves the worker's other tasks elsewhere. On a
 /// current-thread runtime it runs inline.
@@ -1242,33 +821,6 @@ fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
-    }
-}
-
-/// A failure while reading a body: the SDK's checksum verification, or the network.
-fn body_error(key: &str, e: &(dyn std::error::Error + 'static)) -> Error {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(aws_smithy_checksums::body::validate::Error::ChecksumMismatch {
-            expected,
-            actual,
-        }) = err.downcast_ref::<aws_smithy_checksums::body::validate::Error>()
-        {
-            return Error::Corrupt {
-                key: key.to_owned(),
-                expected: format!(
-                    "x-amz-checksum {}",
-                    aws_smithy_types::base64::encode(expected)
-                ),
-                actual: aws_smithy_types::base64::encode(actual),
-            };
-        }
-        cur = err.source();
-    }
-    Error::Network {
-        op: "GetObject",
-        target: key.to_owned(),
-        detail: chain(e),
     }
 }
 

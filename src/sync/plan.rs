@@ -16,6 +16,9 @@ use std::time::SystemTime;
 pub const MAX_SEGMENT_BYTES: usize = 255;
 /// Prefix of the temporary files the component writes; keys using it are refused.
 pub const TEMP_PREFIX: &str = ".gg-s3-sync.";
+/// Marks resumable partial downloads (`.gg-s3-sync.<id>.resume.part` and `.resume.json`),
+/// which the start-up sweep keeps for a while.
+pub const RESUME_MARK: &str = ".resume.";
 /// Suffix of the temporary files the component writes.
 pub const TEMP_SUFFIX: &str = ".part";
 
@@ -702,62 +705,6 @@ pub fn plan_deletions<'a>(
     }
 }
 
-/// Largest manifest accepted.
-pub const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
-
-/// Parses a manifest: a JSON array of keys, or one key per line (blank lines and lines
-/// starting with `#` ignored). Duplicates are dropped, order kept.
-///
-/// # Errors
-/// What is wrong with the manifest.
-pub fn parse_manifest(bytes: &[u8]) -> Result<Vec<String>, String> {
-    if bytes.len() > MAX_MANIFEST_BYTES {
-        return Err(format!(
-            "manifest is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit",
-            bytes.len()
-        ));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("manifest is not UTF-8 ({e})"))?;
-    let trimmed = text.trim_start_matches('\u{feff}').trim();
-    // An HTML error page (a proxy's, a console's) or a JSON object is not a list of keys; as
-    // lines it would name keys like "<html>" and delete everything else.
-    if let Some(first) = trimmed.chars().next().filter(|c| matches!(c, '{' | '<')) {
-        let what = if first == '{' {
-            "a JSON object, not a JSON array of keys"
-        } else {
-            "markup (an HTML or XML page?), not a list of keys"
-        };
-        return Err(format!(
-            "manifest starts with '{first}': it is {what}; use a JSON array [\"a\", \"b\"] or one key per line"
-        ));
-    }
-    let keys: Vec<String> = if trimmed.starts_with('[') {
-        let v: Vec<serde_json::Value> = serde_json::from_str(trimmed)
-            .map_err(|e| format!("manifest looks like JSON but is not a JSON array ({e})"))?;
-        v.into_iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                serde_json::Value::String(s) if !s.is_empty() => Ok(s),
-                other => Err(format!(
-                    "manifest item {i} is not a non-empty string: {other}"
-                )),
-            })
-            .collect::<Result<_, _>>()?
-    } else {
-        trimmed
-            .lines()
-            .map(|l| l.trim_end_matches('\r'))
-            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .map(str::to_owned)
-            .collect()
-    };
-    let mut seen = std::collections::HashSet::new();
-    Ok(keys
-        .into_iter()
-        .filter(|k| seen.insert(k.clone()))
-        .collect())
-}
-
 #[cfg(test)]
 mod deletion_tests {
     use super::*;
@@ -801,30 +748,6 @@ mod deletion_tests {
             }
             proptest::prop_assert!(p.delete.len() * 100 <= usize::from(pct) * rec.len());
         }
-    }
-
-    #[test]
-    fn manifests() {
-        assert_eq!(
-            parse_manifest(br#"["a", "b/c", "a"]"#).unwrap(),
-            ["a", "b/c"]
-        );
-        assert_eq!(
-            parse_manifest(b"# models\r\na\n\n  \nb/c\r\n").unwrap(),
-            ["a", "b/c"]
-        );
-        assert!(parse_manifest(br#"["a", 3]"#)
-            .unwrap_err()
-            .contains("item 1"));
-        assert!(parse_manifest(b"[not json").is_err());
-        let html = parse_manifest(b"<!DOCTYPE html>\n<html><body>502 Bad Gateway</body></html>\n");
-        assert!(
-            html.unwrap_err().contains("markup"),
-            "an error page is not a key list"
-        );
-        let object = parse_manifest(br#"{"keys": ["a"]}"#);
-        assert!(object.unwrap_err().contains("JSON object"));
-        assert!(parse_manifest(&[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
     }
 }
 

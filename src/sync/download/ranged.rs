@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use super::local;
-use super::plan::{self, LocalFile, Remote, TEMP_PREFIX, TEMP_SUFFIX};
-use super::s3::Source;
-use super::{body_error, chain, hex, Error, Hooks, DISK_HEADROOM, OBJECT_ATTEMPTS, OBJECT_BACKOFF};
+use super::{body_error, Hooks, DISK_HEADROOM, OBJECT_ATTEMPTS, OBJECT_BACKOFF};
+use crate::sync::local;
+use crate::sync::plan::{self, LocalFile, Remote, RESUME_MARK, TEMP_PREFIX, TEMP_SUFFIX};
+use crate::sync::s3::Source;
+use crate::sync::{chain, hex, Error};
 
 /// How often the resume sidecar is rewritten while parts complete.
 const SIDECAR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -29,9 +30,6 @@ const SIDECAR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 fn monotonic_now() -> tokio::time::Instant {
     tokio::time::Instant::now()
 }
-
-/// Marks resumable files, which the start-up sweep keeps.
-pub(crate) const RESUME_MARK: &str = ".resume.";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Sidecar {

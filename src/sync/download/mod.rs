@@ -1,0 +1,304 @@
+//! Fetching one object: a job, its retries, and the two paths into place. Small objects stream
+//! through one GET into a temporary file; large listed objects go through [`ranged`] (parallel
+//! ranged GETs, resumable). Both verify with the one rule of `plan::expected_md5` (and S3's
+//! checksums) and commit through `local::commit_file`.
+
+mod ranged;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+
+use super::local;
+use super::plan::{self, Reason, RelPath, Remote};
+use super::s3::{self, Source};
+use super::{chain, hex, Error, Progress};
+use crate::backoff::Backoff;
+use crate::credentials::IotCredentialsProvider;
+
+/// Attempts per object for failures that can pass on retry.
+pub(crate) const OBJECT_ATTEMPTS: u32 = 3;
+pub(crate) const OBJECT_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(200),
+    cap: Duration::from_secs(5),
+};
+/// Space left free on the disk beyond each object, so a sync never fills it to the last byte.
+pub(crate) const DISK_HEADROOM: u64 = 64 * 1024;
+
+/// What every download task shares: the bandwidth limit and the progress sink.
+#[derive(Debug, Clone)]
+pub(crate) struct Hooks {
+    pub(crate) limiter: Option<Arc<crate::backoff::RateLimiter>>,
+    pub(crate) progress: Option<Arc<dyn Progress>>,
+    /// Objects larger than this are fetched in ranged parts (0 = never).
+    pub(crate) ranged_threshold: u64,
+    /// Parts of one object fetched at once.
+    pub(crate) ranged_parallel: usize,
+    /// Parts in flight across all objects: each holds a write buffer, so this bounds memory
+    /// (`maxConcurrency` parts, whatever the number of large objects at once).
+    pub(crate) part_slots: Arc<tokio::sync::Semaphore>,
+    /// To drop credentials S3 called expired (ranged parts retry on their own).
+    pub(crate) credentials: IotCredentialsProvider,
+}
+
+/// One object to fetch.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// Listed: its ETag and size are known; GET If-Match.
+    Listed {
+        remote: Remote,
+        rel: RelPath,
+        reason: Reason,
+    },
+    /// Named by keys/manifest: conditional GET If-None-Match the recorded ETag when the local
+    /// copy is intact (304 = unchanged), plain GET otherwise.
+    Unlisted {
+        key: String,
+        rel: RelPath,
+        if_none_match: Option<String>,
+    },
+}
+
+impl Job {
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            Self::Listed { remote, .. } => &remote.key,
+            Self::Unlisted { key, .. } => key,
+        }
+    }
+}
+
+pub(crate) enum Outcome {
+    Downloaded {
+        key: String,
+        recorded: plan::Recorded,
+        bytes: u64,
+    },
+    NotModified,
+}
+
+pub(crate) async fn download_with_retries(
+    source: &Source,
+    creds: &IotCredentialsProvider,
+    root: &local::Folder,
+    job: &Job,
+    hooks: &Hooks,
+) -> Result<Outcome, Error> {
+    let mut attempt = 0;
+    // The digest of the last corrupt body: the same wrong digest twice is not a transfer error
+    // but what the server stores, and no retry changes it.
+    let mut corrupt: Option<String> = None;
+    loop {
+        match download(source, root, job, hooks).await {
+            Err(Error::Corrupt {
+                key,
+                expected,
+                actual,
+            }) => {
+                if corrupt.as_deref() == Some(actual.as_str()) || attempt + 1 >= OBJECT_ATTEMPTS {
+                    return Err(Error::Corrupt {
+                        key,
+                        expected,
+                        actual,
+                    });
+                }
+                tracing::debug!(key = %job.key(), %actual, "retrying a body that failed verification");
+                corrupt = Some(actual);
+            }
+            Err(Error::ExpiredToken) if attempt + 1 < OBJECT_ATTEMPTS => {
+                // The credentials expired under us (e.g. a long transfer); refresh, then retry.
+                creds.invalidate().await;
+            }
+            Err(e) if e.is_retryable() && attempt + 1 < OBJECT_ATTEMPTS => {
+                let delay = OBJECT_BACKOFF.random_delay(attempt);
+                tracing::debug!(key = %job.key(), error = %chain(&e), ?delay, "retrying object");
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+        attempt += 1;
+    }
+}
+
+/// Fetches one object and writes it into place: temp file, verify, fsync, rename.
+async fn download(
+    source: &Source,
+    root: &local::Folder,
+    job: &Job,
+    hooks: &Hooks,
+) -> Result<Outcome, Error> {
+    if let Job::Listed { remote, rel, .. } = job {
+        if hooks.ranged_threshold > 0
+            && remote.size > hooks.ranged_threshold
+            && !remote.etag.is_empty()
+        {
+            let (folder, name) = local::prepare_destination(root, rel)?;
+            let part_size = (hooks.ranged_threshold / 2).max(1);
+            let written = ranged::download(
+                source,
+                remote,
+                &folder,
+                name,
+                part_size,
+                hooks.ranged_parallel,
+                hooks,
+            )
+            .await?;
+            return Ok(Outcome::Downloaded {
+                key: remote.key.clone(),
+                recorded: plan::Recorded {
+                    etag: plan::version_tag(remote),
+                    size: remote.size,
+                    mtime_ns: written.mtime_ns,
+                },
+                bytes: remote.size,
+            });
+        }
+    }
+    let (out, remote, rel) = match job {
+        Job::Listed { remote, rel, .. } => (
+            source.get(&remote.key, &remote.etag).await?,
+            remote.clone(),
+            rel,
+        ),
+        Job::Unlisted {
+            key,
+            rel,
+            if_none_match,
+        } => {
+            let Some(out) = source
+                .get_conditional(key, if_none_match.as_deref())
+                .await?
+            else {
+                return Ok(Outcome::NotModified);
+            };
+            let remote = Remote {
+                key: key.clone(),
+                etag: out.e_tag().map(plan::normalize_etag).unwrap_or_default(),
+                size: out
+                    .content_length()
+                    .and_then(|l| u64::try_from(l).ok())
+                    .unwrap_or(0),
+                last_modified: out
+                    .last_modified()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+            };
+            (out, remote, rel)
+        }
+    };
+    let (folder, name) = local::prepare_destination(root, rel)?;
+    let parent = folder.path().to_owned();
+    let needed = remote.size.saturating_add(DISK_HEADROOM);
+    if let Some(free) = folder.free_space() {
+        if free < needed {
+            return Err(Error::DiskFull {
+                key: remote.key.clone(),
+                needed,
+                dir: parent.to_owned(),
+                free: Some(free),
+            });
+        }
+    }
+    let disk_full = |e: local::Error| {
+        if local::is_disk_full(&e) {
+            Error::DiskFull {
+                key: remote.key.clone(),
+                needed,
+                dir: parent.clone(),
+                free: folder.free_space(),
+            }
+        } else {
+            Error::Local(e)
+        }
+    };
+    let expected_md5 = plan::expected_md5(&remote.etag, s3::encryption_of(&out));
+    let mut hasher = expected_md5.as_ref().map(|_| Md5::new());
+    let mut body = out.body;
+    let mut tmp = local::TempFile::create(&folder).await.map_err(disk_full)?;
+    let mut received: u64 = 0;
+    loop {
+        let chunk = body
+            .try_next()
+            .await
+            .map_err(|e| body_error(&remote.key, &e))?;
+        let Some(chunk) = chunk else { break };
+        received += chunk.len() as u64;
+        if received > remote.size {
+            break;
+        }
+        if let Some(l) = &hooks.limiter {
+            l.acquire(chunk.len()).await;
+        }
+        if let Some(p) = &hooks.progress {
+            p.transferred(chunk.len() as u64);
+        }
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
+        tmp.write(&chunk).await.map_err(disk_full)?;
+    }
+    if received != remote.size {
+        return Err(Error::Truncated {
+            key: remote.key.clone(),
+            expected: remote.size,
+            received,
+        });
+    }
+    if let (Some(h), Some(expected)) = (hasher, expected_md5) {
+        let actual = hex(&h.finalize());
+        if actual != expected {
+            return Err(Error::Corrupt {
+                key: remote.key.clone(),
+                expected: format!("MD5 {expected} (ETag)"),
+                actual: format!("MD5 {actual}"),
+            });
+        }
+    }
+    let written = tmp
+        .commit(name, remote.last_modified)
+        .await
+        .map_err(disk_full)?;
+    let dest = folder.display(name);
+    let why = match job {
+        Job::Listed { reason, .. } => reason.to_string(),
+        Job::Unlisted { .. } => "named in keys/manifest".to_owned(),
+    };
+    tracing::debug!(key = %remote.key, path = %dest.display(), bytes = received, reason = %why, "downloaded");
+    Ok(Outcome::Downloaded {
+        key: remote.key.clone(),
+        recorded: plan::Recorded {
+            etag: plan::version_tag(&remote),
+            size: remote.size,
+            mtime_ns: written.mtime_ns,
+        },
+        bytes: received,
+    })
+}
+
+/// A failure while reading a body: the SDK's checksum verification, or the network.
+pub(crate) fn body_error(key: &str, e: &(dyn std::error::Error + 'static)) -> Error {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(aws_smithy_checksums::body::validate::Error::ChecksumMismatch {
+            expected,
+            actual,
+        }) = err.downcast_ref::<aws_smithy_checksums::body::validate::Error>()
+        {
+            return Error::Corrupt {
+                key: key.to_owned(),
+                expected: format!(
+                    "x-amz-checksum {}",
+                    aws_smithy_types::base64::encode(expected)
+                ),
+                actual: aws_smithy_types::base64::encode(actual),
+            };
+        }
+        cur = err.source();
+    }
+    Error::Network {
+        op: "GetObject",
+        target: key.to_owned(),
+        detail: chain(e),
+    }
+}
