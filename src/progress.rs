@@ -66,6 +66,11 @@ impl Progress for TerminalProgress {
         self.bar.inc(bytes);
     }
 
+    fn discarded(&self, bytes: u64) {
+        self.bar
+            .set_position(self.bar.position().saturating_sub(bytes));
+    }
+
     fn finished(&self) {
         self.done.fetch_add(1, Ordering::Relaxed);
         self.message();

@@ -358,6 +358,8 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     fn planned(&self, bytes: u64);
     /// Body bytes arrived.
     fn transferred(&self, bytes: u64);
+    /// Bytes reported by an attempt that failed (they are fetched again): take them back.
+    fn discarded(&self, bytes: u64);
     /// A queued download ended (in any way).
     fn finished(&self);
 }

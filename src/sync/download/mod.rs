@@ -78,6 +78,40 @@ pub(crate) enum Outcome {
     NotModified,
 }
 
+/// The bytes one attempt reported to the progress sink; given back if the attempt does not
+/// complete (a retry fetches them again, and the bar must not count them twice).
+pub(crate) struct AttemptProgress<'a> {
+    progress: Option<&'a Arc<dyn Progress>>,
+    bytes: u64,
+}
+
+impl<'a> AttemptProgress<'a> {
+    pub(crate) fn new(progress: Option<&'a Arc<dyn Progress>>) -> Self {
+        Self { progress, bytes: 0 }
+    }
+
+    /// `n` more bytes arrived.
+    pub(crate) fn add(&mut self, n: u64) {
+        if let Some(p) = self.progress {
+            p.transferred(n);
+            self.bytes += n;
+        }
+    }
+
+    /// The attempt completed: its bytes stay counted.
+    pub(crate) fn keep(mut self) {
+        self.bytes = 0;
+    }
+}
+
+impl Drop for AttemptProgress<'_> {
+    fn drop(&mut self) {
+        if let (Some(p), true) = (self.progress, self.bytes > 0) {
+            p.discarded(self.bytes);
+        }
+    }
+}
+
 pub(crate) async fn download_with_retries(
     source: &Source,
     creds: &IotCredentialsProvider,
@@ -217,6 +251,7 @@ async fn download(
     let mut body = out.body;
     let mut tmp = local::TempFile::create(&folder).await.map_err(disk_full)?;
     let mut received: u64 = 0;
+    let mut shown = AttemptProgress::new(hooks.progress.as_ref());
     loop {
         let chunk = body
             .try_next()
@@ -230,9 +265,7 @@ async fn download(
         if let Some(l) = &hooks.limiter {
             l.acquire(chunk.len()).await;
         }
-        if let Some(p) = &hooks.progress {
-            p.transferred(chunk.len() as u64);
-        }
+        shown.add(chunk.len() as u64);
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
         }
@@ -259,6 +292,7 @@ async fn download(
         .commit(name, remote.last_modified)
         .await
         .map_err(disk_full)?;
+    shown.keep();
     let dest = folder.display(name);
     let why = match job {
         Job::Listed { reason, .. } => reason.to_string(),
@@ -300,5 +334,42 @@ pub(crate) fn body_error(key: &str, e: &(dyn std::error::Error + 'static)) -> Er
         op: "GetObject",
         target: key.to_owned(),
         detail: chain(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    #[derive(Debug, Default)]
+    struct Counter(AtomicI64);
+
+    impl Progress for Counter {
+        fn planned(&self, _: u64) {}
+        fn transferred(&self, n: u64) {
+            self.0
+                .fetch_add(i64::try_from(n).unwrap(), Ordering::Relaxed);
+        }
+        fn discarded(&self, n: u64) {
+            self.0
+                .fetch_sub(i64::try_from(n).unwrap(), Ordering::Relaxed);
+        }
+        fn finished(&self) {}
+    }
+
+    /// A failed attempt's bytes are given back, so a retry does not count them twice.
+    #[test]
+    fn a_failed_attempt_gives_its_bytes_back() {
+        let counter = Arc::new(Counter::default());
+        let sink: Arc<dyn Progress> = counter.clone();
+        {
+            let mut failed = AttemptProgress::new(Some(&sink));
+            failed.add(700);
+        }
+        let mut ok = AttemptProgress::new(Some(&sink));
+        ok.add(1_000);
+        ok.keep();
+        assert_eq!(counter.0.load(Ordering::Relaxed), 1_000);
     }
 }

@@ -382,6 +382,7 @@ async fn fetch_part(
     let mut file = tokio::io::BufWriter::with_capacity(4 * local::WRITE_BUFFER, file);
     let mut body = out.body;
     let expected = end - start + 1;
+    let mut shown = super::AttemptProgress::new(hooks.progress.as_ref());
     let mut received = 0u64;
     while let Some(chunk) = body
         .try_next()
@@ -398,9 +399,7 @@ async fn fetch_part(
         file.write_all(&chunk)
             .await
             .map_err(|e| disk_full_or(remote, names, io("write", data.clone())(e)))?;
-        if let Some(p) = &hooks.progress {
-            p.transferred(chunk.len() as u64);
-        }
+        shown.add(chunk.len() as u64);
     }
     if received != expected {
         return Err(Error::Truncated {
@@ -416,6 +415,7 @@ async fn fetch_part(
         .sync_data()
         .await
         .map_err(|e| disk_full_or(remote, names, io("sync", data)(e)))?;
+    shown.keep();
     Ok(encryption)
 }
 
