@@ -340,6 +340,19 @@ impl Folder {
         }
     }
 
+    /// Whether this folder's file system tells `a` from `A` (vfat and exfat, common on SD
+    /// cards, do not): a probe file is created in lower case and looked up in upper case.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the probe cannot be created.
+    pub fn is_case_insensitive(&self) -> Result<bool, Error> {
+        let probe = format!("{TEMP_PREFIX}case{:08x}{TEMP_SUFFIX}", fastrand::u32(..));
+        drop(self.create_new(&probe)?);
+        let folded = self.stat(&probe.to_uppercase()).is_some();
+        self.remove(&probe)?;
+        Ok(folded)
+    }
+
     /// Makes the folder's entries durable (after a rename or removal).
     ///
     /// # Errors

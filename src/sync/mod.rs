@@ -349,6 +349,8 @@ pub struct Syncer {
     swept: bool,
     /// `localDir`, held open for the pass (every write and removal is relative to it).
     root: Option<local::Folder>,
+    /// On a case-insensitive `localDir`: this pass's paths, case-folded, and the key of each.
+    case_folded: Option<std::collections::HashMap<String, String>>,
     hooks: Hooks,
 }
 
@@ -412,6 +414,7 @@ impl Syncer {
             clock,
             swept: false,
             root: None,
+            case_folded: None,
             hooks: Hooks {
                 limiter,
                 progress: None,
@@ -671,9 +674,33 @@ impl Syncer {
     }
 
     /// Maps a key to its path and applies the filters; counts what is left out.
-    fn admit(&self, key: &str, size: u64, summary: &mut Summary) -> Option<RelPath> {
+    fn admit(&mut self, key: &str, size: u64, summary: &mut Summary) -> Option<RelPath> {
         match plan::map_key(key, &self.settings.prefix, size) {
-            KeyVerdict::Path(rel) if self.settings.filter.allows(rel.as_str()) => Some(rel),
+            KeyVerdict::Path(rel) if self.settings.filter.allows(rel.as_str()) => {
+                // On a case-insensitive file system two keys that differ only in case are one
+                // file: the first in this pass gets it, the other is reported (before, they
+                // overwrote each other every pass, downloaded again and again).
+                if let Some(seen) = &mut self.case_folded {
+                    match seen.entry(plan::case_fold(rel.as_str())) {
+                        std::collections::hash_map::Entry::Occupied(first)
+                            if first.get() != key =>
+                        {
+                            let message = format!(
+                                "differs only in case from '{}', and localDir's file system does not tell case apart (vfat, exfat?): one file cannot hold both",
+                                first.get()
+                            );
+                            tracing::warn!(key = %key, "{message}");
+                            summary.skip(key, "CaseConflict", &message);
+                            return None;
+                        }
+                        std::collections::hash_map::Entry::Occupied(_) => {}
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(key.to_owned());
+                        }
+                    }
+                }
+                Some(rel)
+            }
             KeyVerdict::Path(_) => {
                 summary.excluded += 1;
                 None
@@ -743,7 +770,13 @@ impl Syncer {
             path: dir.clone(),
             source,
         })?;
-        self.root = Some(local::Folder::open_root_with(dir, self.settings.modes)?);
+        let root = local::Folder::open_root_with(dir, self.settings.modes)?;
+        let insensitive = root.is_case_insensitive()?;
+        if insensitive && self.case_folded.is_none() {
+            tracing::info!(local_dir = %dir.display(), "localDir's file system does not tell case apart; keys that differ only in case are reported as conflicts");
+        }
+        self.case_folded = insensitive.then(std::collections::HashMap::new);
+        self.root = Some(root);
         Ok(())
     }
 

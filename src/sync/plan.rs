@@ -295,6 +295,13 @@ pub fn md5_of_etag(etag: &str) -> Option<&str> {
     (etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())).then_some(etag)
 }
 
+/// A relative path as a case-insensitive file system compares it (Unicode lower case: at least
+/// as strict as vfat's and exfat's folding, so every real collision is found).
+#[must_use]
+pub fn case_fold(rel: &str) -> String {
+    rel.to_lowercase()
+}
+
 /// Decodes a key of a listing made with `encoding-type=url`. S3 encodes key names there the
 /// way HTML forms do (botocore decodes them with `unquote_plus`): `%XX` is a byte and `+` a
 /// space. `None` for a malformed escape or bytes that are not UTF-8 (S3 keys are UTF-8).
