@@ -199,3 +199,57 @@ async fn a_file_can_replace_a_folder_emptied_by_deletion() {
     assert_eq!(std::fs::read(env.local.join("a")).unwrap(), b"now a file");
     assert!(env.local.join("keep.txt").exists());
 }
+
+/// A file that cannot be deleted (here immutable, `chattr +i`) is that file's DeleteFailed:
+/// the other deletions still happen and the state is committed. Before, one error (even
+/// ENOENT) failed the whole pass and skipped the state commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_failed_deletion_is_that_files_and_the_rest_proceed() {
+    let env = Env::default().await;
+    for k in ["d/stuck.txt", "d/gone.txt", "d/keep.txt"] {
+        env.put(k, k).await;
+    }
+    let edit = |m: &mut serde_json::Map<String, serde_json::Value>| {
+        m.insert("deleteExtraneous".into(), true.into());
+        m.insert("maxDeletePercent".into(), 100.into());
+    };
+    env.once_with("d/", edit).await.assert_ok();
+    let stuck = env.local.join("stuck.txt");
+    let immutable = |on: bool| {
+        std::process::Command::new("chattr")
+            .arg(if on { "+i" } else { "-i" })
+            .arg(&stuck)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !immutable(true) {
+        eprintln!("SKIPPED: chattr +i is not supported here");
+        return;
+    }
+    // Cleared on every way out, or the temporary folder could not be removed.
+    struct Unlock<'a>(&'a dyn Fn(bool) -> bool);
+    impl Drop for Unlock<'_> {
+        fn drop(&mut self) {
+            (self.0)(false);
+        }
+    }
+    let _unlock = Unlock(&immutable);
+    for k in ["d/stuck.txt", "d/gone.txt"] {
+        env.stack.s3.delete_object(env.bucket(), k).unwrap();
+    }
+    let r = env.once_with("d/", edit).await;
+    immutable(false);
+    let s = r.summary();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    assert_eq!(
+        (s["deleted"].as_u64(), s["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["failures"][0]["code"], "DeleteFailed", "{s}");
+    assert!(!env.local.join("gone.txt").exists());
+    // Now removable: the next pass deletes it (the state still knows it).
+    let s = env.once_with("d/", edit).await.assert_ok();
+    assert_eq!(s["deleted"], 1, "{s}");
+    assert!(!stuck.exists());
+}
