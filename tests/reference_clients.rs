@@ -331,3 +331,32 @@ async fn boto3_reads_url_encoded_listings_from_the_s3_fake() {
     want.sort_unstable();
     assert_eq!(listed, want);
 }
+
+/// boto3 sees the devstack's SSE-KMS objects as S3 serves them: `ServerSideEncryption:
+/// aws:kms` with the key id, and an ETag that is not the MD5 of the data.
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_sees_sse_kms_objects_as_s3_serves_them() {
+    let env = Env::default().await;
+    env.stack.s3.put_virtual_encrypted_object(
+        env.bucket(),
+        "kms/secret.bin",
+        noise(10_000, 4),
+        devstack::s3::Encryption::Kms,
+    );
+    let (ak, sk) = env.stack.account.admin_credentials();
+    let out = tokio::task::block_in_place(|| boto3(&env, "kms/", &ak, &sk, None));
+    let get = &out["get"];
+    assert_eq!(get["sse"], "aws:kms", "{out}");
+    assert!(
+        get["kms_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("arn:aws:kms:")),
+        "{out}"
+    );
+    assert_ne!(
+        get["etag"].as_str().unwrap().trim_matches('"'),
+        get["md5"].as_str().unwrap(),
+        "an SSE-KMS ETag is not the MD5 of the data"
+    );
+    assert_eq!(get["length"], 10_000);
+}

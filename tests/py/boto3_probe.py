@@ -39,7 +39,14 @@ def listing():
 def get(key, **kw):
     r = s3.get_object(Bucket=bucket, Key=key, **kw)
     body = r["Body"].read()
-    return {"etag": r["ETag"], "sha256": hashlib.sha256(body).hexdigest(), "length": len(body)}
+    return {
+        "etag": r["ETag"],
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "md5": hashlib.md5(body).hexdigest(),
+        "length": len(body),
+        "sse": r.get("ServerSideEncryption"),
+        "kms_key": r.get("SSEKMSKeyId"),
+    }
 
 
 out = {"list": attempt(listing)}
