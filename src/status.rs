@@ -73,6 +73,10 @@ pub struct StatusDocument {
     pub error: Option<ErrorInfo>,
     /// When the cached credentials expire (RFC 3339); never the credentials themselves.
     pub credentials_expiration: Option<String>,
+    /// This device's clock minus the AWS IoT credentials provider's, in seconds, as measured
+    /// from its last answer (`null` until then). Credentials are judged on the provider's
+    /// clock; a large value means the device needs time synchronisation.
+    pub clock_skew_seconds: Option<i64>,
     /// Whether something was left out to stay within [`MAX_DOCUMENT_BYTES`]: list entries
     /// (`lastPass.failed` and `lastPass.skipped` keep the totals) or the end of a long text.
     pub truncated: bool,
@@ -91,6 +95,8 @@ pub struct Context {
     pub local_dir: Option<String>,
     /// Credentials expiry (RFC 3339).
     pub credentials_expiration: Option<String>,
+    /// This device's clock minus the credentials provider's (seconds).
+    pub clock_skew_seconds: Option<i64>,
 }
 
 impl Context {
@@ -108,6 +114,16 @@ impl Context {
             prefix: config.map(|c| c.prefix.clone()),
             local_dir: config.map(|c| c.local_dir.display().to_string()),
             credentials_expiration,
+            clock_skew_seconds: None,
+        }
+    }
+
+    /// With the measured clock skew.
+    #[must_use]
+    pub fn with_clock_skew(self, clock_skew_seconds: Option<i64>) -> Self {
+        Self {
+            clock_skew_seconds,
+            ..self
         }
     }
 }
@@ -127,6 +143,7 @@ impl StatusDocument {
             last_pass: None,
             error: None,
             credentials_expiration: cx.credentials_expiration.clone(),
+            clock_skew_seconds: cx.clock_skew_seconds,
             truncated: false,
         }
     }

@@ -470,13 +470,51 @@ async fn refreshes_ahead_of_expiry_and_keeps_valid_credentials_if_refresh_fails(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn credentials_already_expired_by_the_local_clock_are_a_clock_problem() {
+async fn a_clock_hours_ahead_still_gets_and_keeps_credentials() {
+    // A board without a real-time clock, three hours ahead, and 1-hour credentials: judged on
+    // the credentials provider's clock (its Date), they are valid for an hour from now.
     let env = Env::default().await;
     let (p, clock) = provider(settings(&env));
-    clock.advance(Duration::from_secs(2 * 3600)); // device clock two hours ahead
-    let e = p.credentials().await.unwrap_err();
-    assert!(matches!(*e, Error::ExpiredOnArrival { .. }), "{e:?}");
-    assert!(e.to_string().contains("system clock is wrong"), "{e}");
+    clock.advance(Duration::from_secs(3 * 3600));
+    let first = p.credentials().await.expect("not 'expired on arrival'");
+    let skew = p
+        .clock_skew_seconds()
+        .expect("measured from the answer's Date");
+    assert!((3 * 3600 - 5..=3 * 3600 + 5).contains(&skew), "{skew}");
+    let expires = p.expiration().await.unwrap();
+    let left = expires
+        .duration_since(gg_s3_sync::clock::Clock::now(&clock))
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(3500),
+        "a full hour on the local clock: {left:?}"
+    );
+    // Cached, and refreshed at the usual point of their (local) lifetime.
+    clock.advance(Duration::from_secs(30 * 60));
+    assert_eq!(
+        p.credentials().await.unwrap().access_key_id(),
+        first.access_key_id()
+    );
+    assert_eq!(p.requests_sent(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_years_behind_does_not_keep_credentials_past_their_life() {
+    let env = Env::default().await;
+    let clock = ManualClock::new(account::now() - Duration::from_secs(3 * 365 * 24 * 3600));
+    let p = IotCredentialsProvider::new(settings(&env), Arc::new(clock.clone()));
+    p.credentials().await.unwrap();
+    assert!(p.clock_skew_seconds().unwrap() < -(365 * 24 * 3600));
+    let left = p
+        .expiration()
+        .await
+        .unwrap()
+        .duration_since(gg_s3_sync::clock::Clock::now(&clock))
+        .unwrap();
+    assert!(
+        left <= Duration::from_secs(3600),
+        "not three years: {left:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -672,15 +672,19 @@ impl Supervisor {
     }
 
     async fn context(&self) -> Context {
-        let expiration = match &self.syncer {
-            Some(s) => s.credentials().expiration().await.map(rfc3339),
-            None => None,
+        let (expiration, skew) = match &self.syncer {
+            Some(s) => (
+                s.credentials().expiration().await.map(rfc3339),
+                s.credentials().clock_skew_seconds(),
+            ),
+            None => (None, None),
         };
         Context::new(
             self.config.as_ref(),
             self.env.thing_name.clone(),
             expiration,
         )
+        .with_clock_skew(skew)
     }
 
     /// Publishes to IoT Core and locally; failures are logged with the fix, never fatal.

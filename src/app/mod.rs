@@ -121,6 +121,7 @@ pub async fn run(
                 None,
                 provider.expiration().await.map(rfc3339),
             )
+            .with_clock_skew(provider.clock_skew_seconds())
         }
     };
     let offline = |cx: &status::Context, last: Option<Summary>| {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use std::time::SystemTime;
+
 use super::response::{classify_failure, parse_success, Context, Issued};
 use super::{Error, ProviderSettings};
 use crate::errtext::root_cause;
@@ -213,6 +215,15 @@ pub(crate) async fn fetch_once(
     }
     let mut resp = req.send().await.map_err(|e| transport_error(&e, s))?;
     let status = resp.status().as_u16();
+    let server_date = resp
+        .headers()
+        .get("date")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            aws_smithy_types::DateTime::from_str(v, aws_smithy_types::date_time::Format::HttpDate)
+                .ok()
+        })
+        .and_then(|d| SystemTime::try_from(d).ok());
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e, s))? {
         body.extend_from_slice(&chunk);
@@ -223,7 +234,10 @@ pub(crate) async fn fetch_once(
         }
     }
     if status == 200 {
-        return parse_success(&body);
+        return parse_success(&body).map(|issued| Issued {
+            server_date,
+            ..issued
+        });
     }
     let cx = Context {
         role_alias: &s.role_alias,

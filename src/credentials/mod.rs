@@ -17,6 +17,7 @@
 //! Secrets never reach logs or error messages: [`Secret`] has a redacting `Debug`.
 
 mod endpoint;
+pub mod expiry;
 mod response;
 pub mod x509;
 
@@ -271,10 +272,12 @@ pub enum Error {
         /// What is wrong (never the values).
         detail: String,
     },
-    /// The credentials are already expired by this device's clock.
+    /// The credentials are already expired on the clock that issued them (or, without a
+    /// `Date` in the answer, on this device's).
     #[error(
-        "the credentials provider issued credentials that expire at {expiration}, but this device's clock \
-         says {now}; the system clock is wrong: enable time synchronisation (NTP)"
+        "the credentials provider issued credentials that expire at {expiration}, already past at {now} \
+         (its own clock when it answered, else this device's); check the role alias's \
+         credentialDurationSeconds and enable time synchronisation (NTP)"
     )]
     ExpiredOnArrival {
         /// Expiry (RFC 3339).
@@ -477,6 +480,8 @@ struct Inner {
     /// Held across a load: one request to the endpoint at a time (single flight).
     flight: tokio::sync::Mutex<()>,
     requests: AtomicU64,
+    /// This device's clock minus the credentials provider's, from its last answer (seconds).
+    skew: std::sync::Mutex<Option<i64>>,
 }
 
 /// What a caller gets, decided under the state lock (pure given the state and the time).
@@ -532,6 +537,7 @@ impl IotCredentialsProvider {
                 state: std::sync::Mutex::new(State::default()),
                 flight: tokio::sync::Mutex::new(()),
                 requests: AtomicU64::new(0),
+                skew: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -551,6 +557,17 @@ impl IotCredentialsProvider {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner
             .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This device's clock minus the credentials provider's, as measured from its last answer
+    /// (seconds; positive: the device is ahead). `None` before any answer with a `Date`.
+    #[must_use]
+    pub fn clock_skew_seconds(&self) -> Option<i64> {
+        *self
+            .inner
+            .skew
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -658,12 +675,34 @@ impl IotCredentialsProvider {
 
     fn accept(&self, issued: response::Issued) -> Result<Cached, Error> {
         let now = self.inner.clock.now();
-        if issued.expiration <= now {
+        if let Some(date) = issued.server_date {
+            let skew = expiry::skew_seconds(now, date);
+            *self
+                .inner
+                .skew
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(skew);
+            if skew.unsigned_abs() >= expiry::NOTABLE_SKEW.as_secs() {
+                tracing::warn!(
+                    skew_seconds = skew,
+                    "this device's clock is {} s {} the AWS IoT credentials provider's; credentials are judged on its clock, S3 requests correct for it, but enable time synchronisation (NTP)",
+                    skew.unsigned_abs(),
+                    if skew > 0 { "ahead of" } else { "behind" }
+                );
+            }
+        }
+        let Some(local_expiration) =
+            expiry::local_expiration(now, issued.server_date, issued.expiration)
+        else {
             return Err(Error::ExpiredOnArrival {
                 expiration: rfc3339(issued.expiration),
-                now: rfc3339(now),
+                now: rfc3339(issued.server_date.unwrap_or(now)),
             });
-        }
+        };
+        let issued = response::Issued {
+            expiration: local_expiration,
+            ..issued
+        };
         let refresh_at = refresh_time(now, issued.expiration, self.inner.settings.refresh_ahead);
         Ok(Cached {
             credentials: Credentials::new(

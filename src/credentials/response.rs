@@ -19,6 +19,8 @@ pub(crate) struct Issued {
     pub(crate) secret_access_key: Secret,
     pub(crate) session_token: Secret,
     pub(crate) expiration: SystemTime,
+    /// The answer's HTTP `Date`: the issuer's clock when it issued them.
+    pub(crate) server_date: Option<SystemTime>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +81,7 @@ pub(crate) fn parse_success(body: &[u8]) -> Result<Issued, Error> {
             ))
         })?;
     Ok(Issued {
+        server_date: None,
         access_key_id,
         secret_access_key,
         session_token,
