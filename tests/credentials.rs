@@ -552,3 +552,33 @@ async fn unreachable_endpoint_is_retried_then_reported() {
     assert_eq!(requests, 3);
     let _ = Options::default();
 }
+
+/// A device clock years behind sees the endpoint's certificate as "not yet valid". That is the
+/// clock, not rootCaPath: the error says so with the dates, and the endpoint is asked again
+/// soon (NTP usually fixes the clock within minutes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_not_yet_valid_names_the_clock_and_is_retried_soon() {
+    let env = Env::start(Options {
+        server_validity: Some(((2040, 1, 1), (2041, 1, 1))),
+        ..Options::default()
+    })
+    .await;
+    let (p, clock) = provider(settings(&env));
+    let e = p.credentials().await.unwrap_err();
+    assert!(matches!(*e, Error::ClockOutsideCertificate { .. }), "{e:?}");
+    assert_eq!(e.code(), "ClockWrong");
+    let text = e.to_string();
+    assert!(
+        text.contains("not valid before 2040-01-01")
+            && text.contains("clock is wrong, not rootCaPath"),
+        "{text}"
+    );
+    let sent = p.requests_sent();
+    clock.advance(gg_s3_sync::credentials::CLOCK_ERROR_TTL + Duration::from_secs(1));
+    let _ = p.credentials().await;
+    assert!(
+        p.requests_sent() > sent,
+        "asked again after {:?}",
+        gg_s3_sync::credentials::CLOCK_ERROR_TTL
+    );
+}

@@ -55,6 +55,9 @@ pub enum Error {
     },
 }
 
+/// A calendar date (year, month, day).
+pub type Ymd = (i32, u8, u8);
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -72,6 +75,10 @@ pub struct Options {
     pub credentials_bind: SocketAddr,
     /// Where S3 listens.
     pub s3_bind: SocketAddr,
+    /// The credentials provider's certificate validity as (not before, not after) dates;
+    /// `None`: always valid. A date in the future is what a device with a clock years behind
+    /// sees.
+    pub server_validity: Option<(Ymd, Ymd)>,
 }
 
 impl Default for Options {
@@ -84,6 +91,7 @@ impl Default for Options {
             credential_duration: Duration::from_secs(3600),
             credentials_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             s3_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            server_validity: None,
         }
     }
 }
@@ -132,7 +140,10 @@ impl DevStack {
             source,
         })?;
         let ca = pki::Ca::new(&pki_dir, "devstack test CA", "ca")?;
-        let server = ca.server(&pki_dir, "server")?;
+        let server = match options.server_validity {
+            Some((from, to)) => ca.server_valid_between(&pki_dir, "server", from, to)?,
+            None => ca.server(&pki_dir, "server")?,
+        };
         let device = ca.device(&pki_dir, "device", &options.thing_name)?;
         let account = Account::default();
         account.put_alias(

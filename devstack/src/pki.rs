@@ -128,6 +128,21 @@ impl Ca {
     /// # Errors
     /// [`Error`] if generation or writing fails.
     pub fn server(&self, dir: &Path, file_stem: &str) -> Result<CertFiles, Error> {
+        // rcgen's own defaults: valid whatever the clock says.
+        self.server_valid_between(dir, file_stem, (1975, 1, 1), (4096, 1, 1))
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1`, valid only between two dates.
+    ///
+    /// # Errors
+    /// [`Error`] if generation or writing fails.
+    pub fn server_valid_between(
+        &self,
+        dir: &Path,
+        file_stem: &str,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> Result<CertFiles, Error> {
         let mut params = gen(
             "server certificate",
             CertificateParams::new(vec!["localhost".to_owned()]),
@@ -137,6 +152,8 @@ impl Ca {
             .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
         params.distinguished_name = name("localhost");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
         self.issue(dir, file_stem, params, KeyPair::generate())
     }
 

@@ -654,6 +654,9 @@ impl Supervisor {
             Err(sync::Error::Cancelled) => return,
             Err(e) => {
                 let message = chain(&e);
+                if let Some(c) = &self.config {
+                    self.next_pass = now() + super::after_failure(c, &e);
+                }
                 tracing::error!(code = e.code(), error = %message, "sync pass failed; retrying at the next interval");
                 StatusDocument::error(
                     &self.context().await,

@@ -88,6 +88,22 @@ pub fn next_interval(config: &Config) -> Duration {
     )
 }
 
+/// How long after a failed pass the next one starts: a wrong clock (a board that booted
+/// without a real-time clock) is usually fixed by NTP within minutes, so such passes are
+/// retried every [`CLOCK_RETRY`] instead of waiting a whole interval.
+#[must_use]
+pub fn after_failure(config: &Config, error: &sync::Error) -> Duration {
+    let interval = next_interval(config);
+    if error.code() == "ClockWrong" {
+        interval.min(CLOCK_RETRY)
+    } else {
+        interval
+    }
+}
+
+/// The retry period while the clock is wrong.
+pub const CLOCK_RETRY: Duration = Duration::from_secs(30);
+
 /// File-mode failures at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -143,6 +159,7 @@ pub async fn run(
     };
     let mut last_pass = None;
     loop {
+        let mut wait = next_interval(config);
         let doc = match syncer.run_pass(cancel).await {
             Ok(summary) => {
                 log_summary(&summary);
@@ -152,7 +169,8 @@ pub async fn run(
             Err(sync::Error::Cancelled) => break,
             Err(e) => {
                 let message = chain(&e);
-                tracing::error!(code = e.code(), error = %message, "sync pass failed; retrying at the next interval");
+                wait = after_failure(config, &e);
+                tracing::error!(code = e.code(), error = %message, retry_in_s = wait.as_secs(), "sync pass failed");
                 StatusDocument::error(
                     &context(&syncer).await,
                     rfc3339(clock.now()),
@@ -165,7 +183,6 @@ pub async fn run(
         if let Some(m) = &mqtt {
             m.publish(doc.encode());
         }
-        let wait = next_interval(config);
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
@@ -199,5 +216,44 @@ pub(crate) fn log_summary(s: &Summary) {
         event!(info, "sync pass finished");
     } else {
         event!(warn, "sync pass finished with failures");
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(interval: &str) -> Config {
+        let v = serde_json::json!({
+            "roleAlias": "a", "bucket": "bucket", "localDir": "/l", "region": "us-east-1",
+            "credentialsEndpoint": "c.example.com", "certificateFilePath": "/c",
+            "privateKeyPath": "/k", "rootCaPath": "/r", "syncIntervalSeconds": interval,
+            "syncJitterPercent": "0",
+        });
+        Config::from_value(&v, Path::new("/"), Path::new("/w"))
+            .unwrap()
+            .config
+    }
+
+    #[test]
+    fn a_wrong_clock_is_retried_within_seconds_other_failures_wait_the_interval() {
+        let clock = sync::Error::Credentials {
+            code: "ClockWrong",
+            message: "x".into(),
+        };
+        let other = sync::Error::Credentials {
+            code: "RoleAliasAccessDenied",
+            message: "x".into(),
+        };
+        assert_eq!(after_failure(&config("3600"), &clock), CLOCK_RETRY);
+        assert_eq!(
+            after_failure(&config("3600"), &other),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            after_failure(&config("10"), &clock),
+            Duration::from_secs(10)
+        );
     }
 }

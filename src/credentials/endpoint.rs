@@ -248,15 +248,46 @@ pub(crate) async fn fetch_once(
     Err(classify_failure(status, &body, &cx))
 }
 
+/// A certificate rejected only for the time: what the time check said, with the dates.
+fn clock_problem(reason: &rustls::CertificateError) -> Option<String> {
+    let at = |t: &rustls::pki_types::UnixTime| {
+        super::rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.as_secs()))
+    };
+    match reason {
+        rustls::CertificateError::NotValidYetContext { not_before, .. } => {
+            Some(format!("not valid before {}", at(not_before)))
+        }
+        rustls::CertificateError::ExpiredContext { not_after, .. } => {
+            Some(format!("expired at {}", at(not_after)))
+        }
+        rustls::CertificateError::NotValidYet => Some("not valid yet".into()),
+        rustls::CertificateError::Expired => Some("expired".into()),
+        _ => None,
+    }
+}
+
+/// The time rustls verified against (the system clock: the TLS stack cannot use ours).
+#[allow(clippy::disallowed_methods)]
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
 /// Finds the TLS or socket cause behind a reqwest error and names the fix.
 fn transport_error(err: &reqwest::Error, s: &ProviderSettings) -> Error {
     let endpoint = s.endpoint.to_string();
     if let Some(tls) = find_rustls_error(err) {
         return match tls {
-            rustls::Error::InvalidCertificate(reason) => Error::ServerNotTrusted {
-                endpoint,
-                ca_path: s.root_ca_path.clone(),
-                detail: format!("{reason:?}"),
+            rustls::Error::InvalidCertificate(reason) => match clock_problem(reason) {
+                Some(what) => Error::ClockOutsideCertificate {
+                    endpoint,
+                    what,
+                    now: super::rfc3339(now()),
+                },
+                None => Error::ServerNotTrusted {
+                    endpoint,
+                    ca_path: s.root_ca_path.clone(),
+                    detail: format!("{reason:?}"),
+                },
             },
             rustls::Error::AlertReceived(alert) => Error::CertificateRejected {
                 endpoint,

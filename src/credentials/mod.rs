@@ -47,6 +47,8 @@ const RETRY_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(500),
     cap: Duration::from_secs(8),
 };
+/// How long a certificate-time failure (a wrong clock) is remembered before asking again.
+pub const CLOCK_ERROR_TTL: Duration = Duration::from_secs(15);
 /// Cached credentials still this far from expiry are served when a refresh fails.
 const STALE_MARGIN: Duration = Duration::from_secs(30);
 
@@ -135,6 +137,20 @@ pub enum Error {
         ca_path: PathBuf,
         /// The verifier's reason.
         detail: String,
+    },
+    /// The endpoint's certificate is outside its validity period by this device's clock: the
+    /// clock is wrong (a board without a real-time clock, before NTP), not the CA file.
+    #[error(
+        "the credentials endpoint {endpoint}'s certificate is {what} by this device's clock ({now}); \
+         the clock is wrong, not rootCaPath: enable time synchronisation (NTP); retrying soon"
+    )]
+    ClockOutsideCertificate {
+        /// The endpoint.
+        endpoint: String,
+        /// `not valid before <time>` or `expired at <time>`.
+        what: String,
+        /// This device's time (RFC 3339).
+        now: String,
     },
     /// The server refused the device certificate during the TLS handshake.
     #[error(
@@ -310,6 +326,7 @@ impl Error {
             Self::KeyMismatch { .. } => "KeyCertificateMismatch",
             Self::TlsSetup { .. } | Self::Handshake { .. } => "TlsHandshakeFailed",
             Self::ServerNotTrusted { .. } => "CredentialsEndpointUntrusted",
+            Self::ClockOutsideCertificate { .. } => "ClockWrong",
             Self::CertificateRejected { .. } => "CertificateRejected",
             Self::Connect { .. } | Self::Timeout { .. } => "CredentialsEndpointUnreachable",
             Self::InvalidThingName { .. } => "InvalidThingName",
@@ -339,6 +356,8 @@ impl Error {
             | Self::Throttled { .. }
             | Self::ServerError { .. }
             | Self::MalformedResponse { .. } => SERVER_ERROR_TTL,
+            // NTP usually fixes the clock within minutes: ask again soon.
+            Self::ClockOutsideCertificate { .. } => CLOCK_ERROR_TTL,
             _ => CLIENT_ERROR_TTL,
         }
     }
