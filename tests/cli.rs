@@ -420,3 +420,43 @@ async fn fatal_errors_print_once_and_exit_by_kind() {
         r.stderr()
     );
 }
+
+/// The real binary under libfaketime, its clock three hours ahead (a board without a real-time
+/// clock before NTP), against an S3 that refuses requests dated more than 15 minutes off, as
+/// AWS does: credentials are judged on the provider's clock and S3 signing corrects for the
+/// skew, so the pass syncs and the status says how far off the clock is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_clock_hours_ahead_still_syncs() {
+    let env = Env::default().await;
+    env.put("t/a.txt", "a").await;
+    if std::process::Command::new("faketime")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: faketime is not installed (scripts/test installs it)");
+        return;
+    }
+    let cfg = env.write_config(&env.config("t/", |_| {}));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("faketime")
+            .arg("+3 hours")
+            .arg(bin())
+            .args(["once", "--json", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert!(
+        stderr.contains("this device's clock is 1") && stderr.contains("ahead of"),
+        "the skew is named: {stderr}"
+    );
+    assert_eq!(tree(&env.local)["a.txt"], b"a");
+}
