@@ -13,6 +13,7 @@
 //! - [`status`]: the status document (pure).
 //! - [`mqtt`]: status over MQTT for devices without Greengrass.
 //! - [`progress`]: the terminal progress bar of `once`.
+//! - [`proxy`]: which proxy a request goes through, credentials redacted (pure).
 //! - [`check`]: the preflight doctor (`gg-s3-sync check`).
 //! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
 //! - [`lock`]: one writer per `localDir` and state file (flock; the holder's PID).
@@ -34,6 +35,7 @@ pub mod ipc;
 pub mod lock;
 pub mod mqtt;
 pub mod progress;
+pub mod proxy;
 pub mod status;
 pub mod sync;
 pub mod topic;

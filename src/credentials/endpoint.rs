@@ -275,6 +275,22 @@ fn now() -> SystemTime {
 /// Finds the TLS or socket cause behind a reqwest error and names the fix.
 fn transport_error(err: &reqwest::Error, s: &ProviderSettings) -> Error {
     let endpoint = s.endpoint.to_string();
+    // A CONNECT answered with 407 (or tinyproxy's 401): hyper-util reports a tunnel error.
+    let tunnel = crate::errtext::chain(err);
+    if tunnel.contains("tunnel error") {
+        let proxy = crate::proxy::for_request(|k| std::env::var(k).ok(), "https", &s.endpoint.host)
+            .unwrap_or_else(|| "(from the environment)".into());
+        return Error::ProxyRefused {
+            proxy,
+            endpoint,
+            port: s.endpoint.port,
+            detail: tunnel
+                .rsplit(": ")
+                .next()
+                .unwrap_or("tunnel refused")
+                .to_owned(),
+        };
+    }
     if let Some(tls) = find_rustls_error(err) {
         return match tls {
             rustls::Error::InvalidCertificate(reason) => match clock_problem(reason) {

@@ -152,6 +152,22 @@ pub enum Error {
         /// This device's time (RFC 3339).
         now: String,
     },
+    /// The proxy refused to open the tunnel (wrong or missing credentials, or a policy).
+    #[error(
+        "the proxy {proxy} refused the tunnel to the credentials endpoint {endpoint} ({detail}); \
+         check the user and password in HTTPS_PROXY (under Greengrass: the nucleus's networkProxy \
+         configuration), and that the proxy allows CONNECT to port {port}"
+    )]
+    ProxyRefused {
+        /// The proxy, without credentials.
+        proxy: String,
+        /// The endpoint.
+        endpoint: String,
+        /// Its port.
+        port: u16,
+        /// What the HTTP stack said.
+        detail: String,
+    },
     /// The server refused the device certificate during the TLS handshake.
     #[error(
         "the credentials endpoint {endpoint} rejected the device certificate (TLS alert {alert}); \
@@ -327,6 +343,7 @@ impl Error {
             Self::TlsSetup { .. } | Self::Handshake { .. } => "TlsHandshakeFailed",
             Self::ServerNotTrusted { .. } => "CredentialsEndpointUntrusted",
             Self::ClockOutsideCertificate { .. } => "ClockWrong",
+            Self::ProxyRefused { .. } => "ProxyRefused",
             Self::CertificateRejected { .. } => "CertificateRejected",
             Self::Connect { .. } | Self::Timeout { .. } => "CredentialsEndpointUnreachable",
             Self::InvalidThingName { .. } => "InvalidThingName",

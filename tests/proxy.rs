@@ -1,0 +1,271 @@
+//! Behind a real proxy (tinyproxy from Debian, with basic auth): the component runs in a
+//! network namespace of its own whose only way out is the proxy, so any bypass fails. S3 is
+//! reached over http through the proxy, the credentials endpoint through CONNECT (mutual TLS
+//! inside the tunnel); `NO_PROXY` is honoured; a wrong password is named with its fix and never
+//! printed. Needs root and iproute2; skips with the reason otherwise.
+
+mod common;
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{bin, Env};
+
+/// A namespace joined to this one by a veth pair: `10.213.<n>.1` here, `.2` inside.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: Ipv4Addr,
+}
+
+impl Netns {
+    fn create() -> Result<Self, String> {
+        let n = std::process::id() % 250 + 1;
+        let name = format!("ggs3-proxy-{}", std::process::id());
+        let host_if = format!("gvh{}", std::process::id() % 100_000);
+        let peer_if = format!("gvc{}", std::process::id() % 100_000);
+        let host_ip = Ipv4Addr::new(10, 213, u8::try_from(n).unwrap_or(1), 1);
+        let peer_ip = Ipv4Addr::new(10, 213, u8::try_from(n).unwrap_or(1), 2);
+        let ns = Self {
+            name,
+            host_if,
+            host_ip,
+        };
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), ns.name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                ns.host_if.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                peer_if.clone(),
+                "netns".into(),
+                ns.name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{host_ip}/30"),
+                "dev".into(),
+                ns.host_if.clone(),
+            ],
+            vec!["link".into(), "set".into(), ns.host_if.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{peer_ip}/30"),
+                "dev".into(),
+                peer_if.clone(),
+            ],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "link".into(),
+                "set".into(),
+                peer_if,
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("ip")
+                .args(&args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
+
+struct Proxy {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_proxy(dir: &Path, ip: Ipv4Addr) -> Result<Proxy, String> {
+    let port = TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let conf = dir.join("tinyproxy.conf");
+    let log = dir.join("tinyproxy.log");
+    // No ConnectPort lines: CONNECT to any port (the devstack's are random).
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen {ip}\nTimeout 60\nBasicAuth ggs3 s3cr3t-pass\nAllow {ip}/30\nLogLevel Connect\nLogFile \"{}\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("tinyproxy")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("tinyproxy: {e}"))?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect((ip, port)).is_ok() {
+            return Ok(Proxy { child, port, log });
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    Err("tinyproxy did not start".into())
+}
+
+fn unavailable() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("needs root (network namespaces)".into());
+    }
+    for tool in ["ip", "tinyproxy"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (scripts/test installs it)"
+            ));
+        }
+    }
+    None
+}
+
+/// `gg-s3-sync once --json` inside the namespace, with `vars` as its environment's proxy part.
+fn once_in(ns: &Netns, cfg: &Path, vars: &[(&str, String)]) -> Output {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.name])
+        .arg(bin())
+        .args(["once", "--json", "--config"])
+        .arg(cfg)
+        .env("RUST_LOG", "info");
+    for v in [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "all_proxy",
+        "no_proxy",
+    ] {
+        c.env_remove(v);
+    }
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
+    if let Some(why) = unavailable() {
+        let _ = writeln!(std::io::stderr(), "\nSKIPPED proxy tests: {why}");
+        return;
+    }
+    let env = Env::default().await;
+    env.put("p/a.txt", "through the proxy").await;
+    let ns = Netns::create().unwrap_or_else(|e| panic!("network namespace: {e}"));
+    let proxy = start_proxy(env.tmp.path(), ns.host_ip).unwrap();
+    let cfg = env.write_config(&env.config("p/", |_| {}));
+    let url = |pass: &str| format!("http://ggs3:{pass}@{}:{}", ns.host_ip, proxy.port);
+    let both = |pass: &str| vec![("HTTPS_PROXY", url(pass)), ("HTTP_PROXY", url(pass))];
+    let (cfg2, ns_ref) = (cfg.clone(), &ns);
+    let run = |vars: Vec<(&'static str, String)>| once_in(ns_ref, &cfg2, &vars);
+
+    // 1. Without the proxy nothing is reachable: the namespace has no other way out.
+    let out = tokio::task::block_in_place(|| run(vec![]));
+    assert!(
+        !out.status.success(),
+        "reached the servers without the proxy"
+    );
+
+    // 2. Through the proxy: credentials over CONNECT, S3 over http.
+    let out = tokio::task::block_in_place(|| run(both("s3cr3t-pass")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert_eq!(
+        std::fs::read(env.local.join("a.txt")).unwrap(),
+        b"through the proxy"
+    );
+    let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(
+        log.contains("CONNECT localhost:"),
+        "the credentials endpoint went through CONNECT:\n{log}"
+    );
+    assert!(
+        log.contains("GET http://127.0.0.1:"),
+        "S3 went through the proxy:\n{log}"
+    );
+    assert!(
+        !stderr.contains("s3cr3t-pass"),
+        "the proxy password is never printed:\n{stderr}"
+    );
+
+    // 3. NO_PROXY is honoured: S3's host goes direct, which cannot work here.
+    let mut vars = both("s3cr3t-pass");
+    vars.push(("NO_PROXY", "127.0.0.1".into()));
+    let out = tokio::task::block_in_place(|| run(vars));
+    assert!(
+        !out.status.success(),
+        "NO_PROXY ignored: S3 was still reached through the proxy"
+    );
+
+    // 4. A wrong password: named with the fix, never printed.
+    std::fs::remove_file(env.local.join("a.txt")).unwrap();
+    let out = tokio::task::block_in_place(|| run(both("wrong-pass")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("proxy") && stderr.contains("HTTPS_PROXY"),
+        "the error names the proxy and where its credentials come from:\n{stderr}"
+    );
+    assert!(!stderr.contains("wrong-pass"), "{stderr}");
+}
