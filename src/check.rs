@@ -97,6 +97,7 @@ impl Report {
 
 const FILES: &str = "certificate, key and CA files";
 const VALIDITY: &str = "certificate validity";
+const NETWORK: &str = "network path";
 const DNS: &str = "credentials endpoint DNS";
 const TLS: &str = "TLS handshake with the credentials endpoint";
 const EXCHANGE: &str = "role alias exchange";
@@ -153,7 +154,32 @@ pub async fn run(mut r: Report, config: &Config, clock: SharedClock) -> Report {
         }
     };
     let endpoint = settings.endpoint.clone();
-    let dns_ok = match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
+    let env = |k: &str| std::env::var(k).ok();
+    let cred_proxy = crate::proxy::for_request(env, "https", &endpoint.host);
+    let (s3_scheme, s3_host) = s3_target(config);
+    let s3_proxy = crate::proxy::for_request(env, &s3_scheme, &s3_host);
+    let via = |p: &Option<String>| {
+        p.as_ref()
+            .map_or_else(|| "direct".to_owned(), |p| format!("via proxy {p}"))
+    };
+    r.add(
+        NETWORK,
+        Status::Pass,
+        format!(
+            "credentials endpoint {endpoint}: {}; S3 {s3_host}: {} (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)",
+            via(&cred_proxy),
+            via(&s3_proxy)
+        ),
+    );
+    let dns_ok = if let Some(p) = &cred_proxy {
+        // Behind a proxy the device may not resolve public names at all: the proxy does.
+        r.add(
+            DNS,
+            Status::Pass,
+            format!("{endpoint} is resolved by the proxy {p}"),
+        )
+    } else {
+        match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
         Ok(addrs) => {
             let list: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
             r.add(DNS, Status::Pass, format!("{endpoint} resolves to {}", list.join(", ")))
@@ -163,6 +189,7 @@ pub async fn run(mut r: Report, config: &Config, clock: SharedClock) -> Report {
             Status::Fail,
             format!("{endpoint} does not resolve ({e}); check credentialsEndpoint (aws iot describe-endpoint --endpoint-type iot:CredentialProvider) and DNS"),
         ),
+        }
     };
     let provider = IotCredentialsProvider::new(settings, clock.clone());
     let creds_ok = if files_ok && dns_ok {
@@ -242,6 +269,25 @@ fn validity(r: &mut Report, info: credentials::CertificateInfo, now: SystemTime)
         );
     } else {
         r.add(VALIDITY, Status::Pass, format!("valid until {until}"));
+    }
+}
+
+/// The scheme and host S3 requests go to: `s3EndpointUrl`, else AWS's regional endpoint.
+fn s3_target(config: &Config) -> (String, String) {
+    match &config.s3_endpoint_url {
+        Some(url) => {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+            let host = rest.split(['/', '?']).next().unwrap_or(rest);
+            let host = match host.rsplit_once(':') {
+                Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+                _ => host,
+            };
+            (scheme.to_owned(), host.to_owned())
+        }
+        None => (
+            "https".to_owned(),
+            format!("{}.s3.{}.amazonaws.com", config.bucket, config.region),
+        ),
     }
 }
 

@@ -45,7 +45,7 @@ async fn everything_passes_on_a_good_setup_and_the_human_form_has_a_line_per_ste
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(r["ok"], true);
     let checks = r["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 10);
+    assert_eq!(checks.len(), 11);
     assert!(checks.iter().all(|c| c["status"] == "pass"), "{r}");
 
     let cfg = env.write_config(&env.config("c/", |_| {}));
@@ -56,7 +56,7 @@ async fn everything_passes_on_a_good_setup_and_the_human_form_has_a_line_per_ste
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text.lines().filter(|l| l.starts_with("PASS ")).count(),
-        10,
+        11,
         "{text}"
     );
     assert!(text.ends_with("all checks passed\n"));

@@ -249,6 +249,27 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
         "the proxy password is never printed:\n{stderr}"
     );
 
+    // `check` says which way each endpoint goes, without the password, and passes.
+    let check = tokio::task::block_in_place(|| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name])
+            .arg(bin())
+            .args(["check", "--json", "--config"])
+            .arg(&cfg);
+        for (k, v) in both("s3cr3t-pass") {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    });
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains(&format!("via proxy http://{}:{}", ns.host_ip, proxy.port)),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3t-pass"), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+
     // 3. NO_PROXY is honoured: S3's host goes direct, which cannot work here.
     let mut vars = both("s3cr3t-pass");
     vars.push(("NO_PROXY", "127.0.0.1".into()));
