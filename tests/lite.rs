@@ -51,11 +51,17 @@ fn unavailable(rev: &str) -> Option<String> {
             kit().display()
         ));
     }
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some(
-            "needs root (core-bus sockets in /run/greengrass, cgroups, namespaces)".into(),
-        );
+    if let Some(why) = common::missing_root_or_tools(
+        "core-bus sockets in /run/greengrass, cgroups, namespaces",
+        &[
+            "unshare",
+            "mosquitto",
+            "mosquitto_sub",
+            "dbus-daemon",
+            "cmake",
+        ],
+    ) {
+        return Some(why);
     }
     let cgroup = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .into_iter()
@@ -69,27 +75,6 @@ fn unavailable(rev: &str) -> Option<String> {
         return Some(format!("{} is not writable", cgroup.display()));
     }
     let _ = std::fs::remove_dir(&probe);
-    for tool in [
-        "unshare",
-        "mosquitto",
-        "mosquitto_sub",
-        "dbus-daemon",
-        "cmake",
-    ] {
-        let found = Command::new("sh")
-            .args([
-                "-c",
-                &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!(
-                "{tool} is not installed (scripts/test installs it)"
-            ));
-        }
-    }
     None
 }
 

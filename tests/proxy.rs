@@ -157,23 +157,7 @@ fn start_proxy(dir: &Path, ip: Ipv4Addr) -> Result<Proxy, String> {
 }
 
 fn unavailable() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("needs root (network namespaces)".into());
-    }
-    for tool in ["ip", "tinyproxy"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!(
-                "{tool} is not installed (scripts/test installs it)"
-            ));
-        }
-    }
-    None
+    common::missing_root_or_tools("network namespaces", &["ip", "tinyproxy"])
 }
 
 /// `gg-s3-sync once --json` inside the namespace, with `vars` as its environment's proxy part.

@@ -233,3 +233,27 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
     (0..len).map(|_| rng.u8(..)).collect()
 }
+
+/// Why a test tier that needs root and some programs cannot run here (`None`: it can).
+pub fn missing_root_or_tools(why_root: &str, tools: &[&str]) -> Option<String> {
+    let uid = std::process::Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some(format!("needs root ({why_root})"));
+    }
+    for tool in tools {
+        let found = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (scripts/test installs it)"
+            ));
+        }
+    }
+    None
+}
