@@ -71,6 +71,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "maxDeferSeconds",
     "fileMode",
     "dirMode",
+    "credentialsSource",
 ];
 
 /// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
@@ -209,6 +210,8 @@ pub struct Config {
     pub ranged_threshold: u64,
     /// `maxDeferSeconds`: how long a running pass may hold back a component update (Greengrass).
     pub max_defer: Duration,
+    /// `credentialsSource`.
+    pub credentials_source: CredentialsSource,
     /// `fileMode`: permission bits of written files (`None`: 0666 less the umask).
     pub file_mode: Option<u32>,
     /// `dirMode`: permission bits of created folders (`None`: 0777 less the umask).
@@ -418,6 +421,15 @@ impl Config {
                 }
             });
         let max_defer = r.number("maxDeferSeconds", DEFAULT_MAX_DEFER_SECS, 0, 86_400);
+        let credentials_source = match r.optional_str("credentialsSource").as_deref() {
+            None | Some("auto") => Some(CredentialsSource::Auto),
+            Some("iot") => Some(CredentialsSource::Iot),
+            Some("tes") => Some(CredentialsSource::Tes),
+            Some(other) => r.fail(
+                "credentialsSource",
+                format!("expected \"auto\", \"iot\" or \"tes\", got '{other}'"),
+            ),
+        };
         let file_mode = r.mode("fileMode", 0o400);
         let dir_mode = r.mode("dirMode", 0o700);
         let refresh_ahead = r.number(
@@ -462,6 +474,7 @@ impl Config {
                 bandwidth_limit: bandwidth_limit?,
                 ranged_threshold: ranged_threshold?,
                 max_defer: Duration::from_secs(max_defer?),
+                credentials_source: credentials_source?,
                 file_mode: file_mode?,
                 dir_mode: dir_mode?,
             })
@@ -550,6 +563,10 @@ impl Reader<'_> {
         let s = self.required_str(key)?;
         if s.contains('\0') {
             return self.fail(key, "a path cannot contain a NUL character");
+        }
+        // A key in an HSM or a TPM (`pkcs11:…`, `handle:…`) is a URI, not a file to resolve.
+        if is_key_uri(&s) {
+            return Some(PathBuf::from(s));
         }
         Some(self.base_dir.join(s))
     }
@@ -934,6 +951,26 @@ impl Reader<'_> {
             ),
         }
     }
+}
+
+/// Whether a key "path" names a key in an HSM (PKCS#11 URI) or a TPM (`handle:`), as both
+/// nuclei accept in `privateKeyPath`; such a key has no file the component could present.
+#[must_use]
+pub fn is_key_uri(path: &str) -> bool {
+    path.starts_with("pkcs11:") || path.starts_with("handle:")
+}
+
+/// Where AWS credentials come from (`credentialsSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CredentialsSource {
+    /// `iot` when the device key is a readable file, `tes` when it is an HSM/TPM URI or
+    /// unreadable and the nucleus's token exchange service is offered.
+    #[default]
+    Auto,
+    /// This component's own exchange at the AWS IoT credentials provider (`roleAlias`).
+    Iot,
+    /// The nucleus's token exchange service (its own role alias).
+    Tes,
 }
 
 /// Where the state lives when `stateDir` is not set outside Greengrass: a hidden sibling of

@@ -17,6 +17,8 @@ use common::Env;
 
 fn settings(env: &Env) -> ProviderSettings {
     ProviderSettings {
+        source: gg_s3_sync::config::CredentialsSource::Iot,
+        tes: None,
         endpoint: Endpoint::parse(&env.stack.credentials_endpoint()).unwrap(),
         role_alias: env.stack.options.role_alias.clone(),
         thing_name: Some(env.stack.options.thing_name.clone()),
@@ -581,4 +583,83 @@ async fn a_certificate_not_yet_valid_names_the_clock_and_is_retried_soon() {
         "asked again after {:?}",
         gg_s3_sync::credentials::CLOCK_ERROR_TTL
     );
+}
+
+async fn start_tes(env: &Env, bind_port: u16, token: &str) -> devstack::tes::TokenExchangeService {
+    devstack::tes::TokenExchangeService::start(
+        env.stack.account.clone(),
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, bind_port)),
+        devstack::tes::Nucleus {
+            cert_der: env.stack.device.cert_der.clone(),
+            thing: env.stack.options.thing_name.clone(),
+            role_alias: env.stack.options.role_alias.clone(),
+        },
+        token,
+    )
+    .await
+    .unwrap()
+}
+
+fn tes_settings(env: &Env, uri: &str, token: &str) -> ProviderSettings {
+    ProviderSettings {
+        source: gg_s3_sync::config::CredentialsSource::Auto,
+        // A key in an HSM: only the nucleus can use it.
+        private_key_path: PathBuf::from("pkcs11:token=greengrass;object=device;type=private"),
+        tes: gg_s3_sync::credentials::TesEndpoint::from_vars(|k| match k {
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI" => Some(uri.to_owned()),
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN" => Some(token.to_owned()),
+            _ => None,
+        }),
+        ..settings(env)
+    }
+}
+
+/// A key in an HSM: `auto` takes the nucleus's token exchange service, and the credentials it
+/// gives work on S3. A refused token is named and not retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hsm_key_gets_credentials_from_the_token_exchange_service() {
+    let env = Env::default().await;
+    let tes = start_tes(&env, 0, "component-token-1").await;
+    let (p, _clock) = provider(tes_settings(&env, &tes.uri(), tes.token()));
+    let c = p.credentials().await.unwrap();
+    assert_eq!(
+        p.source_in_use(),
+        Some(gg_s3_sync::credentials::Chosen::Tes)
+    );
+    let session = env
+        .stack
+        .account
+        .sessions()
+        .into_iter()
+        .find(|s| c.session_token() == Some(s.token.as_str()))
+        .expect("issued by the account for the nucleus's alias");
+    assert_eq!(session.alias, env.stack.options.role_alias);
+
+    let (p, _clock) = provider(tes_settings(&env, &tes.uri(), "wrong-token"));
+    let e = p.credentials().await.unwrap_err();
+    assert!(matches!(*e, Error::TesRefused { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("aws.greengrass.TokenExchangeService"),
+        "{e}"
+    );
+    assert_eq!(p.requests_sent(), 1, "a refused token is not retried");
+}
+
+/// At boot the component can start before the nucleus's TES listens: retried soon, then fine.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_exchange_service_not_up_yet_is_retried() {
+    let env = Env::default().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let uri = format!("http://localhost:{port}{}", devstack::tes::PATH);
+    let (p, clock) = provider(tes_settings(&env, &uri, "tok-boot"));
+    let e = p.credentials().await.unwrap_err();
+    assert!(matches!(*e, Error::TesUnavailable { .. }), "{e:?}");
+    let _tes = start_tes(&env, port, "tok-boot").await;
+    clock.advance(gg_s3_sync::credentials::CLOCK_ERROR_TTL + Duration::from_secs(1));
+    p.credentials().await.expect("the TES is up now");
 }

@@ -14,6 +14,7 @@
 //! - [`account`]: the fake account (aliases, devices, sessions) both servers consult.
 //! - [`iam`]: the IAM-like policy language.
 //! - [`credprov`], [`s3`], [`pki`]: the servers and certificates.
+//! - [`tes`]: the nucleus's token exchange service, as the classic nucleus serves it.
 
 pub mod account;
 pub mod credprov;
@@ -22,6 +23,7 @@ mod listener;
 pub mod nucleus;
 pub mod pki;
 pub mod s3;
+pub mod tes;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -19,7 +19,10 @@
 mod endpoint;
 pub mod expiry;
 mod response;
+pub mod tes;
 pub mod x509;
+
+pub use tes::TesEndpoint;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -47,7 +50,8 @@ const RETRY_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(500),
     cap: Duration::from_secs(8),
 };
-/// How long a certificate-time failure (a wrong clock) is remembered before asking again.
+/// How long a passing local condition (a wrong clock, a TES not up yet) is remembered before
+/// asking again.
 pub const CLOCK_ERROR_TTL: Duration = Duration::from_secs(15);
 /// Cached credentials still this far from expiry are served when a refresh fails.
 const STALE_MARGIN: Duration = Duration::from_secs(30);
@@ -167,6 +171,48 @@ pub enum Error {
         port: u16,
         /// What the HTTP stack said.
         detail: String,
+    },
+    /// The token exchange service is not answering (at boot it may not be up yet).
+    #[error("the nucleus's token exchange service at {uri} does not answer ({detail}); it may still be starting: retrying")]
+    TesUnavailable {
+        /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`.
+        uri: String,
+        /// The connection error.
+        detail: String,
+    },
+    /// The token exchange service refused this component's token.
+    #[error(
+        "the nucleus's token exchange service at {uri} refused this component's token \
+         (AWS_CONTAINER_AUTHORIZATION_TOKEN); the recipe must depend on \
+         aws.greengrass.TokenExchangeService, then redeploy or restart the component"
+    )]
+    TesRefused {
+        /// The URI.
+        uri: String,
+    },
+    /// The token exchange service could not get credentials (its own exchange failed).
+    #[error(
+        "the nucleus's token exchange service at {uri} answered {status}: {message}; it exchanges the \
+         nucleus's certificate for the nucleus's iotRoleAlias: check that alias, its IAM role's S3 \
+         permissions, and the nucleus's log"
+    )]
+    TesFailed {
+        /// The URI.
+        uri: String,
+        /// HTTP status.
+        status: u16,
+        /// Its text (the credentials provider's error, passed on).
+        message: String,
+    },
+    /// `credentialsSource: tes` (or a key only the nucleus can use), but no TES is offered.
+    #[error(
+        "{why}, and no token exchange service is offered (AWS_CONTAINER_CREDENTIALS_FULL_URI is not set): \
+         the recipe must depend on aws.greengrass.TokenExchangeService (it does by default), or set \
+         credentialsSource to iot with a key file this component can read"
+    )]
+    NoTes {
+        /// Why TES was wanted.
+        why: String,
     },
     /// The server refused the device certificate during the TLS handshake.
     #[error(
@@ -330,7 +376,8 @@ impl Error {
                 | Self::Throttled { .. }
                 | Self::ServerError { .. }
                 | Self::MalformedResponse { .. }
-        )
+                | Self::TesUnavailable { .. }
+        ) || matches!(self, Self::TesFailed { status, .. } if *status >= 500)
     }
 
     /// A stable short code for status documents and scripts.
@@ -344,6 +391,10 @@ impl Error {
             Self::ServerNotTrusted { .. } => "CredentialsEndpointUntrusted",
             Self::ClockOutsideCertificate { .. } => "ClockWrong",
             Self::ProxyRefused { .. } => "ProxyRefused",
+            Self::TesUnavailable { .. } => "TokenExchangeUnavailable",
+            Self::TesRefused { .. } => "TokenExchangeRefused",
+            Self::TesFailed { .. } => "TokenExchangeFailed",
+            Self::NoTes { .. } => "TokenExchangeNotOffered",
             Self::CertificateRejected { .. } => "CertificateRejected",
             Self::Connect { .. } | Self::Timeout { .. } => "CredentialsEndpointUnreachable",
             Self::InvalidThingName { .. } => "InvalidThingName",
@@ -373,8 +424,9 @@ impl Error {
             | Self::Throttled { .. }
             | Self::ServerError { .. }
             | Self::MalformedResponse { .. } => SERVER_ERROR_TTL,
-            // NTP usually fixes the clock within minutes: ask again soon.
-            Self::ClockOutsideCertificate { .. } => CLOCK_ERROR_TTL,
+            // NTP usually fixes the clock within minutes, and the nucleus's TES comes up
+            // seconds after the component at boot: ask again soon.
+            Self::ClockOutsideCertificate { .. } | Self::TesUnavailable { .. } => CLOCK_ERROR_TTL,
             _ => CLIENT_ERROR_TTL,
         }
     }
@@ -461,11 +513,67 @@ pub struct ProviderSettings {
     pub region: String,
     /// Renew this long before expiry.
     pub refresh_ahead: Duration,
+    /// `credentialsSource`.
+    pub source: crate::config::CredentialsSource,
+    /// The nucleus's token exchange service, if it offers one to this component.
+    pub tes: Option<TesEndpoint>,
+}
+
+/// The source a load uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// The AWS IoT credentials provider, with this component's certificate and key.
+    Iot,
+    /// The nucleus's token exchange service.
+    Tes,
+}
+
+impl Chosen {
+    /// `iot` or `tes`, as logged and reported.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Iot => "iot",
+            Self::Tes => "tes",
+        }
+    }
+}
+
+/// Which source to use (pure): `iot` and `tes` as configured; `auto` takes `tes` when the key is
+/// an HSM/TPM URI or not readable here and a TES is offered, else `iot`.
+///
+/// # Errors
+/// [`Error::NoTes`] when TES is needed but not offered.
+pub fn choose_source(
+    source: crate::config::CredentialsSource,
+    key_path: &std::path::Path,
+    key_readable: bool,
+    tes_offered: bool,
+) -> Result<Chosen, Error> {
+    use crate::config::CredentialsSource as S;
+    let key_uri = crate::config::is_key_uri(&key_path.to_string_lossy());
+    match source {
+        S::Iot => Ok(Chosen::Iot),
+        S::Tes if tes_offered => Ok(Chosen::Tes),
+        S::Tes => Err(Error::NoTes {
+            why: "credentialsSource is tes".into(),
+        }),
+        S::Auto if (key_uri || !key_readable) && tes_offered => Ok(Chosen::Tes),
+        S::Auto if key_uri => Err(Error::NoTes {
+            why: format!(
+                "the device key is in an HSM or TPM ({}), which only the nucleus can use",
+                key_path.display()
+            ),
+        }),
+        S::Auto => Ok(Chosen::Iot),
+    }
 }
 
 impl From<&Config> for ProviderSettings {
     fn from(c: &Config) -> Self {
         Self {
+            source: c.credentials_source,
+            tes: TesEndpoint::from_vars(|k| std::env::var(k).ok()),
             endpoint: c.credentials_endpoint.clone(),
             role_alias: c.role_alias.clone(),
             thing_name: c.thing_name.clone(),
@@ -518,6 +626,8 @@ struct Inner {
     requests: AtomicU64,
     /// This device's clock minus the credentials provider's, from its last answer (seconds).
     skew: std::sync::Mutex<Option<i64>>,
+    /// The source of the credentials in use.
+    chosen: std::sync::Mutex<Option<Chosen>>,
 }
 
 /// What a caller gets, decided under the state lock (pure given the state and the time).
@@ -574,6 +684,7 @@ impl IotCredentialsProvider {
                 flight: tokio::sync::Mutex::new(()),
                 requests: AtomicU64::new(0),
                 skew: std::sync::Mutex::new(None),
+                chosen: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -604,6 +715,16 @@ impl IotCredentialsProvider {
         *self
             .inner
             .skew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where the credentials in use came from (`None` before the first success).
+    #[must_use]
+    pub fn source_in_use(&self) -> Option<Chosen> {
+        *self
+            .inner
+            .chosen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -664,11 +785,20 @@ impl IotCredentialsProvider {
         match result {
             Ok(cached) => {
                 let creds = cached.credentials.clone();
-                tracing::info!(
-                    role_alias = %self.inner.settings.role_alias,
-                    expires = %rfc3339(cached.expiration),
-                    "obtained credentials from the AWS IoT credentials provider"
-                );
+                match self.source_in_use() {
+                    Some(Chosen::Tes) => tracing::info!(
+                        source = "tes",
+                        role_alias = "the nucleus's iotRoleAlias",
+                        expires = %rfc3339(cached.expiration),
+                        "obtained credentials from the nucleus's token exchange service"
+                    ),
+                    _ => tracing::info!(
+                        source = "iot",
+                        role_alias = %self.inner.settings.role_alias,
+                        expires = %rfc3339(cached.expiration),
+                        "obtained credentials from the AWS IoT credentials provider"
+                    ),
+                }
                 state.current = Some(cached);
                 state.failure = None;
                 Ok(creds)
@@ -688,16 +818,32 @@ impl IotCredentialsProvider {
         }
     }
 
-    /// One load: up to [`MAX_ATTEMPTS`] requests for retryable failures.
+    /// One load: up to [`MAX_ATTEMPTS`] requests for retryable failures, from the source
+    /// [`choose_source`] picks now (a key file that becomes readable switches `auto` back).
     async fn load(&self) -> Result<Cached, Error> {
         let s = &self.inner.settings;
-        let client = endpoint::http_client(s)?;
+        let key_readable = std::fs::File::open(&s.private_key_path).is_ok();
+        let chosen = choose_source(s.source, &s.private_key_path, key_readable, s.tes.is_some())?;
+        let client = match chosen {
+            Chosen::Iot => endpoint::http_client(s)?,
+            Chosen::Tes => tes::client()?,
+        };
         let mut attempt = 0;
         loop {
             self.inner.requests.fetch_add(1, Ordering::Relaxed);
-            let result = endpoint::fetch_once(&client, s).await;
+            let result = match (chosen, &s.tes) {
+                (Chosen::Tes, Some(t)) => tes::fetch(&client, t).await,
+                _ => endpoint::fetch_once(&client, s).await,
+            };
             match result {
-                Ok(issued) => return self.accept(issued),
+                Ok(issued) => {
+                    *self
+                        .inner
+                        .chosen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(chosen);
+                    return self.accept(issued);
+                }
                 Err(e) if e.is_retryable() && attempt + 1 < MAX_ATTEMPTS => {
                     let delay = RETRY_BACKOFF.random_delay(attempt);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "credentials request failed; retrying");
@@ -815,6 +961,43 @@ mod tests {
         );
         // Already expired: refresh immediately (and the caller reports a clock problem).
         assert_eq!(refresh_time(exp, now, Duration::from_secs(300)), now);
+    }
+
+    #[test]
+    fn the_source_follows_the_key() {
+        use crate::config::CredentialsSource as S;
+        let file = std::path::Path::new("/greengrass/v2/privKey.key");
+        let hsm = std::path::Path::new("pkcs11:token=gg;object=key;type=private");
+        assert_eq!(
+            choose_source(S::Auto, file, true, true).unwrap(),
+            Chosen::Iot
+        );
+        assert_eq!(
+            choose_source(S::Auto, file, false, true).unwrap(),
+            Chosen::Tes,
+            "unreadable here: the nucleus can still use it"
+        );
+        assert_eq!(
+            choose_source(S::Auto, hsm, false, true).unwrap(),
+            Chosen::Tes
+        );
+        assert!(matches!(
+            choose_source(S::Auto, hsm, false, false),
+            Err(Error::NoTes { .. })
+        ));
+        assert_eq!(
+            choose_source(S::Auto, file, false, false).unwrap(),
+            Chosen::Iot,
+            "the iot error names the key"
+        );
+        assert_eq!(
+            choose_source(S::Iot, hsm, false, true).unwrap(),
+            Chosen::Iot
+        );
+        assert!(matches!(
+            choose_source(S::Tes, file, true, false),
+            Err(Error::NoTes { .. })
+        ));
     }
 
     #[test]
