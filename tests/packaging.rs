@@ -367,3 +367,12 @@ fn non_root_rendering_needs_no_root() {
         assert_eq!((&p["Read"], &p["Execute"]), (&json!("ALL"), &json!("ALL")));
     }
 }
+
+/// Lite sets AWS_CONTAINER_CREDENTIALS_FULL_URI only for components that depend on the token
+/// exchange service; SOFT, so a device without it still deploys.
+#[test]
+fn the_recipe_depends_softly_on_the_token_exchange_service() {
+    let dep = &recipe()["ComponentDependencies"]["aws.greengrass.TokenExchangeService"];
+    assert_eq!(dep["DependencyType"], "SOFT", "{dep}");
+    assert!(dep["VersionRequirement"].is_string());
+}

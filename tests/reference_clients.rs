@@ -360,3 +360,52 @@ async fn boto3_sees_sse_kms_objects_as_s3_serves_them() {
     );
     assert_eq!(get["length"], 10_000);
 }
+
+/// botocore's container credential provider (what every AWS SDK component under Greengrass
+/// uses) reads the devstack's token exchange service like the nucleus's: the URI and the
+/// Authorization token from the environment, the container format, and a refusal for a wrong
+/// token.
+#[tokio::test(flavor = "multi_thread")]
+async fn botocore_container_provider_reads_the_devstack_tes() {
+    let env = Env::default().await;
+    let tes = devstack::tes::TokenExchangeService::start(
+        env.stack.account.clone(),
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        devstack::tes::Nucleus {
+            cert_der: env.stack.device.cert_der.clone(),
+            thing: env.stack.options.thing_name.clone(),
+            role_alias: env.stack.options.role_alias.clone(),
+        },
+        "svcuid-like-token",
+    )
+    .await
+    .unwrap();
+    let script = r#"
+import json
+from botocore.credentials import ContainerProvider
+try:
+    f = ContainerProvider().load().get_frozen_credentials()
+    print(json.dumps({"key": f.access_key, "token": bool(f.token)}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__}))
+"#;
+    let run = |token: &str| {
+        let out = Command::new(python())
+            .args(["-c", script])
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", tes.uri())
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let ok = tokio::task::block_in_place(|| run("svcuid-like-token"));
+    assert!(
+        ok["key"].as_str().is_some_and(|k| k.starts_with("ASIA")),
+        "{ok}"
+    );
+    assert_eq!(ok["token"], true);
+    let refused = tokio::task::block_in_place(|| run("wrong"));
+    assert!(refused.get("error").is_some(), "{refused}");
+}
