@@ -137,6 +137,26 @@ pub fn configuration(result: Result<(Config, Vec<String>), String>) -> (Report, 
 pub async fn run(mut r: Report, config: &Config, clock: SharedClock) -> Report {
     let settings = ProviderSettings::from(config);
     let now = clock.now();
+    let key_readable = std::fs::File::open(&settings.private_key_path).is_ok();
+    match credentials::choose_source(
+        settings.source,
+        &settings.private_key_path,
+        key_readable,
+        settings.tes.is_some(),
+    ) {
+        Ok(credentials::Chosen::Tes) => return run_tes(r, config, settings, clock).await,
+        Ok(credentials::Chosen::Iot) => {}
+        Err(e) => {
+            r.add(FILES, Status::Fail, e.to_string());
+            r.skip(
+                &[VALIDITY, DNS, TLS, EXCHANGE, LIST, GET],
+                "no source of credentials",
+            );
+            local_dir(&mut r, &config.local_dir);
+            clock_skew(&mut r, config, now).await;
+            return r;
+        }
+    }
     let files_ok = match credentials::inspect_files(&settings) {
         Ok(info) => {
             r.add(
@@ -270,6 +290,52 @@ fn validity(r: &mut Report, info: credentials::CertificateInfo, now: SystemTime)
     } else {
         r.add(VALIDITY, Status::Pass, format!("valid until {until}"));
     }
+}
+
+/// The steps when the credentials come from the nucleus's token exchange service: the key is
+/// the nucleus's to use (an HSM or TPM), so the file, DNS and TLS steps do not apply.
+async fn run_tes(
+    mut r: Report,
+    config: &Config,
+    settings: ProviderSettings,
+    clock: SharedClock,
+) -> Report {
+    let now = clock.now();
+    let uri = settings
+        .tes
+        .as_ref()
+        .map(|t| t.uri.clone())
+        .unwrap_or_default();
+    let why = "credentials come from the nucleus's token exchange service";
+    r.add(
+        FILES,
+        Status::Skip,
+        format!(
+            "the device key ({}) is the nucleus's to use; {why}",
+            settings.private_key_path.display()
+        ),
+    );
+    r.skip(&[VALIDITY, DNS, TLS], why);
+    let provider = IotCredentialsProvider::new(settings, clock.clone());
+    let ok = match provider.credentials().await {
+        Ok(_) => {
+            let expiry = provider.expiration().await.map(rfc3339).unwrap_or_default();
+            r.add(
+                EXCHANGE,
+                Status::Pass,
+                format!("the token exchange service at {uri} gave credentials until {expiry} (the nucleus's iotRoleAlias)"),
+            )
+        }
+        Err(e) => r.add(EXCHANGE, Status::Fail, e.to_string()),
+    };
+    if ok {
+        s3_steps(&mut r, config, provider).await;
+    } else {
+        r.skip(&[LIST, GET], "no AWS credentials");
+    }
+    local_dir(&mut r, &config.local_dir);
+    clock_skew(&mut r, config, now).await;
+    r
 }
 
 /// The scheme and host S3 requests go to: `s3EndpointUrl`, else AWS's regional endpoint.

@@ -77,6 +77,9 @@ pub struct StatusDocument {
     /// from its last answer (`null` until then). Credentials are judged on the provider's
     /// clock; a large value means the device needs time synchronisation.
     pub clock_skew_seconds: Option<i64>,
+    /// Where the credentials in use came from: `iot` (this component's role alias) or `tes`
+    /// (the nucleus's token exchange service); `null` before any.
+    pub credentials_source: Option<&'static str>,
     /// Whether something was left out to stay within [`MAX_DOCUMENT_BYTES`]: list entries
     /// (`lastPass.failed` and `lastPass.skipped` keep the totals) or the end of a long text.
     pub truncated: bool,
@@ -97,6 +100,8 @@ pub struct Context {
     pub credentials_expiration: Option<String>,
     /// This device's clock minus the credentials provider's (seconds).
     pub clock_skew_seconds: Option<i64>,
+    /// `iot` or `tes`.
+    pub credentials_source: Option<&'static str>,
 }
 
 impl Context {
@@ -115,6 +120,16 @@ impl Context {
             local_dir: config.map(|c| c.local_dir.display().to_string()),
             credentials_expiration,
             clock_skew_seconds: None,
+            credentials_source: None,
+        }
+    }
+
+    /// With the source of the credentials in use.
+    #[must_use]
+    pub fn with_source(self, credentials_source: Option<&'static str>) -> Self {
+        Self {
+            credentials_source,
+            ..self
         }
     }
 
@@ -144,6 +159,7 @@ impl StatusDocument {
             error: None,
             credentials_expiration: cx.credentials_expiration.clone(),
             clock_skew_seconds: cx.clock_skew_seconds,
+            credentials_source: cx.credentials_source,
             truncated: false,
         }
     }

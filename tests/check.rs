@@ -203,3 +203,59 @@ async fn works_in_greengrass_mode() {
     assert_eq!(status(&r, "configuration").0, "pass");
     assert_eq!(status(&r, "role alias exchange").0, "pass");
 }
+
+/// A device key in an HSM (a PKCS#11 URI) with the nucleus's token exchange service offered:
+/// check skips the file and TLS steps, tests the exchange through the TES, and a pass syncs
+/// with those credentials (the log says which source).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hsm_key_checks_and_syncs_through_the_token_exchange_service() {
+    let env = Env::default().await;
+    env.put("h/a.txt", "via tes").await;
+    let tes = devstack::tes::TokenExchangeService::start(
+        env.stack.account.clone(),
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        devstack::tes::Nucleus {
+            cert_der: env.stack.device.cert_der.clone(),
+            thing: env.stack.options.thing_name.clone(),
+            role_alias: env.stack.options.role_alias.clone(),
+        },
+        "component-svcuid",
+    )
+    .await
+    .unwrap();
+    let cfg = env.write_config(&env.config("h/", |m| {
+        m.insert(
+            "privateKeyPath".into(),
+            "pkcs11:token=greengrass;object=device;type=private".into(),
+        );
+    }));
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .arg(&cfg)
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", tes.uri())
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", tes.token())
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| run(&["check", "--json", "--config"]));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(status(&r, "certificate, key and CA files").0, "skip");
+    let (s, detail) = status(&r, "role alias exchange");
+    assert_eq!(s, "pass");
+    assert!(detail.contains("token exchange service"), "{detail}");
+    let out = tokio::task::block_in_place(|| run(&["once", "--json", "--config"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("source=\"tes\"") || stderr.contains("source=tes"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("component-svcuid"),
+        "the TES token is never printed"
+    );
+    assert_eq!(std::fs::read(env.local.join("a.txt")).unwrap(), b"via tes");
+}

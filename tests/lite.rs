@@ -408,7 +408,19 @@ async fn scenario() {
         .spawn()
         .unwrap();
 
-    // 5. The component, through recipe-runner. The kit's config.yaml and config.d are where
+    // 5. The recipe's SOFT dependency on aws.greengrass.TokenExchangeService makes lite's
+    // recipe-runner read the TES port from the config and refuse to start the component
+    // without it (modules/recipe-runner/src/runner.c); tes-serverd writes it, as a string,
+    // once it listens (modules/tes-serverd/src/http_server.c). The kit runs no tes-serverd:
+    // a listener stands in for it. The device key is readable, so `auto` keeps to the
+    // component's own role alias and never asks it.
+    let tes_stand_in = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    lite.config_set(
+        "services/aws.greengrass.TokenExchangeService/configuration/port",
+        &json!(tes_stand_in.local_addr().unwrap().port().to_string()),
+    );
+
+    // 6. The component, through recipe-runner. The kit's config.yaml and config.d are where
     // /etc/greengrass would be.
     let mut component = lite.run_component(
         &lite.name,
@@ -421,9 +433,11 @@ async fn scenario() {
     })
     .await;
     lite.wait("a SYNCED status on local pub/sub", || {
-        lines_json(&watch_out)
-            .iter()
-            .any(|r| r["doc"]["state"] == "SYNCED" && r["doc"]["lastPass"]["downloaded"] == 2)
+        lines_json(&watch_out).iter().any(|r| {
+            r["doc"]["state"] == "SYNCED"
+                && r["doc"]["lastPass"]["downloaded"] == 2
+                && r["doc"]["credentialsSource"] == "iot"
+        })
     })
     .await;
     assert!(
@@ -458,7 +472,7 @@ async fn scenario() {
         );
     }
 
-    // 6. A pass with 300 hostile keys (each over 900 bytes): the status stays within the
+    // 7. A pass with 300 hostile keys (each over 900 bytes): the status stays within the
     // budget, the IPC connection stays up, and both sinks get it.
     for i in 0..300 {
         let key = format!("a/../{}/{i}", "x".repeat(900));
@@ -491,7 +505,7 @@ async fn scenario() {
         lite.exits()
     );
 
-    // 7. A live configuration change (a deployment's merge) applies without a restart.
+    // 8. A live configuration change (a deployment's merge) applies without a restart.
     lite.config_set(
         &format!("services/{}/configuration/prefix", lite.name),
         &json!("b/"),
@@ -507,13 +521,13 @@ async fn scenario() {
     })
     .await;
 
-    // 8. The trigger, from the other component.
+    // 9. The trigger, from the other component.
     env.put("b/y.txt", "why").await;
     std::fs::write(&watch_trigger, b"").unwrap();
     lite.wait("b/y.txt after the trigger", || local.join("y.txt").exists())
         .await;
 
-    // 9. SIGTERM to the component's cgroup, as lite's systemd unit stops it: a clean exit 0.
+    // 10. SIGTERM to the component's cgroup, as lite's systemd unit stops it: a clean exit 0.
     let mut c = lite.kit_cmd("bin/gglite-component");
     c.args(["stop", &lite.name, "10"]);
     lite.run_ok(c, "gglite-component stop (SIGTERM sufficed)");

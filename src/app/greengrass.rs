@@ -675,12 +675,15 @@ impl Supervisor {
     }
 
     async fn context(&self) -> Context {
-        let (expiration, skew) = match &self.syncer {
+        let (expiration, skew, source) = match &self.syncer {
             Some(s) => (
                 s.credentials().expiration().await.map(rfc3339),
                 s.credentials().clock_skew_seconds(),
+                s.credentials()
+                    .source_in_use()
+                    .map(crate::credentials::Chosen::as_str),
             ),
-            None => (None, None),
+            None => (None, None, None),
         };
         Context::new(
             self.config.as_ref(),
@@ -688,6 +691,7 @@ impl Supervisor {
             expiration,
         )
         .with_clock_skew(skew)
+        .with_source(source)
     }
 
     /// Publishes to IoT Core and locally; failures are logged with the fix, never fatal.

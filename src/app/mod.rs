@@ -138,6 +138,11 @@ pub async fn run(
                 provider.expiration().await.map(rfc3339),
             )
             .with_clock_skew(provider.clock_skew_seconds())
+            .with_source(
+                provider
+                    .source_in_use()
+                    .map(crate::credentials::Chosen::as_str),
+            )
         }
     };
     let offline = |cx: &status::Context, last: Option<Summary>| {

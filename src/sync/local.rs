@@ -759,7 +759,12 @@ mod tests {
                 stop.clone(),
             );
             std::thread::spawn(move || {
+                // When the writer recreates `d` while it is parked, the parked folder cannot
+                // come back; a fresh parking name each round keeps the swapping going.
+                let mut round = 0_u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    round += 1;
+                    let parked = parked.with_extension(round.to_string());
                     let _ = fs::rename(&dir, &parked);
                     let _ = std::os::unix::fs::symlink(&outside, &dir);
                     let _ = fs::remove_file(&dir);
