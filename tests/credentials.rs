@@ -663,3 +663,41 @@ async fn a_token_exchange_service_not_up_yet_is_retried() {
     clock.advance(gg_s3_sync::credentials::CLOCK_ERROR_TTL + Duration::from_secs(1));
     p.credentials().await.expect("the TES is up now");
 }
+
+/// Nucleus lite's TES answers in its own way (`tes-serverd`): a stale SVCUID is a 404 with a
+/// text, and when its tesd cannot get credentials it answers 200 with `null`. Each is named
+/// for what it is, not as a malformed answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn nucleus_lite_token_exchange_answers_are_named() {
+    use devstack::tes::{Flavor, Nucleus, TokenExchangeService};
+    let env = Env::default().await;
+    let start = |alias: &str| {
+        TokenExchangeService::start_as(
+            Flavor::Lite,
+            env.stack.account.clone(),
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            Nucleus {
+                cert_der: env.stack.device.cert_der.clone(),
+                thing: env.stack.options.thing_name.clone(),
+                role_alias: alias.to_owned(),
+            },
+            "ABCDEFGHIJKLMNOP",
+        )
+    };
+    let tes = start(&env.stack.options.role_alias).await.unwrap();
+    let (p, _clock) = provider(tes_settings(&env, &tes.uri(), "ABCDEFGHIJKLMNOP"));
+    p.credentials().await.expect("lite's TES with this SVCUID");
+
+    // After ggipcd restarts, the SVCUID the component holds is unknown.
+    let (p, _clock) = provider(tes_settings(&env, &tes.uri(), "PONMLKJIHGFEDCBA"));
+    let e = p.credentials().await.unwrap_err();
+    assert!(matches!(*e, Error::TesRefused { .. }), "{e:?}");
+    assert!(e.to_string().contains("404 No such svcuid present."), "{e}");
+
+    // The nucleus's role alias does not exist: lite says 200 `null`.
+    let broken = start("no-such-alias").await.unwrap();
+    let (p, _clock) = provider(tes_settings(&env, &broken.uri(), "ABCDEFGHIJKLMNOP"));
+    let e = p.credentials().await.unwrap_err();
+    assert_eq!(e.code(), "TokenExchangeFailed", "{e:?}");
+    assert!(e.to_string().contains("tesd could not get them"), "{e}");
+}

@@ -362,25 +362,30 @@ async fn boto3_sees_sse_kms_objects_as_s3_serves_them() {
 }
 
 /// botocore's container credential provider (what every AWS SDK component under Greengrass
-/// uses) reads the devstack's token exchange service like the nucleus's: the URI and the
-/// Authorization token from the environment, the container format, and a refusal for a wrong
-/// token.
+/// uses) reads the devstack's token exchange service like the nucleus's, as the classic nucleus
+/// and as nucleus lite answer: the URI and the Authorization token from the environment, the
+/// container format, and a refusal for a wrong token (lite: a malformed or unknown SVCUID).
 #[tokio::test(flavor = "multi_thread")]
 async fn botocore_container_provider_reads_the_devstack_tes() {
+    use devstack::tes::Flavor;
     let env = Env::default().await;
-    let tes = devstack::tes::TokenExchangeService::start(
-        env.stack.account.clone(),
-        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
-        devstack::tes::Nucleus {
-            cert_der: env.stack.device.cert_der.clone(),
-            thing: env.stack.options.thing_name.clone(),
-            role_alias: env.stack.options.role_alias.clone(),
-        },
-        "svcuid-like-token",
-    )
-    .await
-    .unwrap();
-    let script = r#"
+    // Lite's SVCUIDs are 16 characters.
+    const TOKEN: &str = "svcuid0123456789";
+    for flavor in [Flavor::Classic, Flavor::Lite] {
+        let tes = devstack::tes::TokenExchangeService::start_as(
+            flavor,
+            env.stack.account.clone(),
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            devstack::tes::Nucleus {
+                cert_der: env.stack.device.cert_der.clone(),
+                thing: env.stack.options.thing_name.clone(),
+                role_alias: env.stack.options.role_alias.clone(),
+            },
+            TOKEN,
+        )
+        .await
+        .unwrap();
+        let script = r#"
 import json
 from botocore.credentials import ContainerProvider
 try:
@@ -389,23 +394,30 @@ try:
 except Exception as e:
     print(json.dumps({"error": type(e).__name__}))
 "#;
-    let run = |token: &str| {
-        let out = Command::new(python())
-            .args(["-c", script])
-            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", tes.uri())
-            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
-            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-            .output()
-            .unwrap();
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
-    };
-    let ok = tokio::task::block_in_place(|| run("svcuid-like-token"));
-    assert!(
-        ok["key"].as_str().is_some_and(|k| k.starts_with("ASIA")),
-        "{ok}"
-    );
-    assert_eq!(ok["token"], true);
-    let refused = tokio::task::block_in_place(|| run("wrong"));
-    assert!(refused.get("error").is_some(), "{refused}");
+        let run = |token: &str| {
+            let out = Command::new(python())
+                .args(["-c", script])
+                .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", tes.uri())
+                .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
+                .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+                .output()
+                .unwrap();
+            serde_json::from_slice::<Value>(&out.stdout)
+                .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+        };
+        let ok = tokio::task::block_in_place(|| run(TOKEN));
+        assert!(
+            ok["key"].as_str().is_some_and(|k| k.starts_with("ASIA")),
+            "{flavor:?}: {ok}"
+        );
+        assert_eq!(ok["token"], true, "{flavor:?}");
+        for wrong in ["wrong", "0123456789svcuid"] {
+            let refused = tokio::task::block_in_place(|| run(wrong));
+            assert!(
+                refused.get("error").is_some(),
+                "{flavor:?} {wrong}: {refused}"
+            );
+        }
+        tes.stop().await;
+    }
 }

@@ -10,6 +10,13 @@
 //!   `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`;
 //! - an error from the credentials provider is passed on with its status and the text
 //!   `TES responded with status code: <n>. Caching response. <body>`.
+//!
+//! [`Flavor::Lite`] answers as nucleus lite's `tes-serverd` does
+//! (`modules/tes-serverd/src/http_server.c`, the same in v2.6.0 and main): any method; another
+//! path is 400 `Only /2016-11-01/credentialprovider/ uri is supported.`; the token is the
+//! component's 16-character SVCUID: missing or another length is 400 with a text, unknown is 404
+//! `No such svcuid present.`; when `tesd`'s exchange fails the answer is still **200, body
+//! `null`** (`fetch_creds` returns a null object, which is JSON-encoded and sent).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,6 +58,15 @@ pub struct Nucleus {
     pub role_alias: String,
 }
 
+/// Which nucleus's TES to behave as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// The classic (Java) nucleus.
+    Classic,
+    /// Nucleus lite's `tes-serverd`.
+    Lite,
+}
+
 /// The running TES.
 #[derive(Debug)]
 pub struct TokenExchangeService {
@@ -62,6 +78,53 @@ fn empty(status: u16) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r
+}
+
+/// The AWS SDK's container credentials format, which both nuclei answer with.
+fn container_format(c: &crate::account::Issued) -> String {
+    serde_json::json!({
+        "AccessKeyId": c.access_key_id,
+        "SecretAccessKey": c.secret_access_key,
+        "Token": c.session_token,
+        "Expiration": humantime::format_rfc3339_seconds(c.expiration).to_string(),
+    })
+    .to_string()
+}
+
+fn text(status: u16, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+fn handle_lite(
+    account: &Account,
+    nucleus: &Nucleus,
+    token: &str,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != PATH {
+        return text(
+            400,
+            "Only /2016-11-01/credentialprovider/ uri is supported.",
+        );
+    }
+    let Some(given) = req.headers().get("authorization") else {
+        return text(
+            400,
+            "Authorization header is needed to process the request.",
+        );
+    };
+    if given.len() != 16 {
+        return text(400, "SVCUID length must be exactly 16.");
+    }
+    if given.as_bytes() != token.as_bytes() {
+        return text(404, "No such svcuid present.");
+    }
+    match account.exchange(&nucleus.cert_der, Some(&nucleus.thing), &nucleus.role_alias) {
+        Ok(c) => text(200, &container_format(&c)),
+        Err(_) => text(200, "null"),
+    }
 }
 
 fn handle(
@@ -85,16 +148,7 @@ fn handle(
     }
     let (status, body) =
         match account.exchange(&nucleus.cert_der, Some(&nucleus.thing), &nucleus.role_alias) {
-            Ok(c) => (
-                200,
-                serde_json::json!({
-                    "AccessKeyId": c.access_key_id,
-                    "SecretAccessKey": c.secret_access_key,
-                    "Token": c.session_token,
-                    "Expiration": humantime::format_rfc3339_seconds(c.expiration).to_string(),
-                })
-                .to_string(),
-            ),
+            Ok(c) => (200, container_format(&c)),
             Err(r) => (
                 r.status,
                 format!(
@@ -120,12 +174,29 @@ impl TokenExchangeService {
         nucleus: Nucleus,
         token: &str,
     ) -> Result<Self, Error> {
+        Self::start_as(Flavor::Classic, account, bind, nucleus, token).await
+    }
+
+    /// [`Self::start`], answering as `flavor`'s TES.
+    ///
+    /// # Errors
+    /// [`Error::Bind`].
+    pub async fn start_as(
+        flavor: Flavor,
+        account: Account,
+        bind: SocketAddr,
+        nucleus: Nucleus,
+        token: &str,
+    ) -> Result<Self, Error> {
         let secret = token.to_owned();
         let listener = Listener::start(bind, move |sock| {
             let (account, nucleus, secret) = (account.clone(), nucleus.clone(), secret.clone());
             async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let resp = handle(&account, &nucleus, &secret, &req);
+                    let resp = match flavor {
+                        Flavor::Classic => handle(&account, &nucleus, &secret, &req),
+                        Flavor::Lite => handle_lite(&account, &nucleus, &secret, &req),
+                    };
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()

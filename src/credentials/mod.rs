@@ -183,12 +183,14 @@ pub enum Error {
     /// The token exchange service refused this component's token.
     #[error(
         "the nucleus's token exchange service at {uri} refused this component's token \
-         (AWS_CONTAINER_AUTHORIZATION_TOKEN); the recipe must depend on \
+         (AWS_CONTAINER_AUTHORIZATION_TOKEN; it answered {answer}); the recipe must depend on \
          aws.greengrass.TokenExchangeService, then redeploy or restart the component"
     )]
     TesRefused {
         /// The URI.
         uri: String,
+        /// Its status and text.
+        answer: String,
     },
     /// The token exchange service could not get credentials (its own exchange failed).
     #[error(

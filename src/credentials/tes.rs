@@ -4,9 +4,15 @@
 //! `AWS_CONTAINER_CREDENTIALS_FULL_URI` (the classic nucleus:
 //! `http://localhost:<port>/2016-11-01/credentialprovider/`) and
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN`, sent as the `Authorization` header. The answer is the AWS
-//! SDK's container format. The classic nucleus (`tes/CredentialRequestHandler.java`) answers a
-//! missing or wrong token with 403 and an empty body, and passes the credentials provider's
-//! errors on with their status and `TES responded with status code: <n>. Caching response.`.
+//! SDK's container format. The two nuclei answer failures differently ([`classify`]):
+//!
+//! - classic (`tes/CredentialRequestHandler.java`): a missing or wrong token is 403 with an
+//!   empty body; the credentials provider's errors are passed on with their status and
+//!   `TES responded with status code: <n>. Caching response.`;
+//! - lite (`modules/tes-serverd/src/http_server.c`): a missing token or one not 16 characters
+//!   long is 400, an unknown one (a stale SVCUID) 404 `No such svcuid present.`, a failed
+//!   SVCUID check 503 `Failed to fetch SVCUID. Try again.`; when its `tesd` cannot get
+//!   credentials it still answers **200, with the body `null`**.
 
 use std::time::SystemTime;
 
@@ -120,15 +126,59 @@ pub(crate) async fn fetch(client: &reqwest::Client, tes: &TesEndpoint) -> Result
         uri: tes.uri.clone(),
         detail: crate::errtext::root_cause(&e),
     })?;
+    classify(&tes.uri, status, &body, server_date)
+}
+
+/// What an answer of the classic or the lite TES means (pure).
+///
+/// # Errors
+/// [`Error::TesRefused`] (the token), [`Error::TesUnavailable`] (lite could not check it yet),
+/// [`Error::TesFailed`] (the nucleus's own exchange), [`Error::MalformedResponse`].
+pub(crate) fn classify(
+    uri: &str,
+    status: u16,
+    body: &[u8],
+    server_date: Option<SystemTime>,
+) -> Result<Issued, Error> {
+    let text: String = String::from_utf8_lossy(body)
+        .trim()
+        .chars()
+        .take(300)
+        .collect();
+    let answer = || {
+        if text.is_empty() {
+            status.to_string()
+        } else {
+            format!("{status} {text}")
+        }
+    };
     match status {
-        200 => parse(&body, server_date),
-        401 | 403 if body.is_empty() => Err(Error::TesRefused {
-            uri: tes.uri.clone(),
+        200 if text == "null" => Err(Error::TesFailed {
+            uri: uri.to_owned(),
+            status,
+            message: "no credentials (nucleus lite answers null when its tesd could not get \
+                      them; its log says why)"
+                .into(),
+        }),
+        200 => parse(body, server_date),
+        // Classic: an empty 401/403. Lite: 400 for a missing or malformed token, 404 for one
+        // it does not know.
+        401 | 403 if text.is_empty() => Err(Error::TesRefused {
+            uri: uri.to_owned(),
+            answer: answer(),
+        }),
+        400 | 404 if !text.starts_with("Only ") => Err(Error::TesRefused {
+            uri: uri.to_owned(),
+            answer: answer(),
+        }),
+        503 if text.contains("SVCUID") => Err(Error::TesUnavailable {
+            uri: uri.to_owned(),
+            detail: answer(),
         }),
         _ => Err(Error::TesFailed {
-            uri: tes.uri.clone(),
+            uri: uri.to_owned(),
             status,
-            message: String::from_utf8_lossy(&body).chars().take(300).collect(),
+            message: text,
         }),
     }
 }
@@ -161,6 +211,62 @@ mod tests {
         let e = parse(br#"{"AccessKeyId":"A","SecretAccessKey":"SECRETVALUE","Token":"t","Expiration":"soon"}"#, None)
             .unwrap_err();
         assert!(e.to_string().contains("not RFC 3339") && !e.to_string().contains("SECRETVALUE"));
+    }
+
+    /// Each answer the classic nucleus and nucleus lite give, as their sources write them.
+    #[test]
+    fn classifies_both_nuclei() {
+        let u = "http://localhost:1/2016-11-01/credentialprovider/";
+        let code = |status: u16, body: &str| match classify(u, status, body.as_bytes(), None) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!(
+                "{}{}",
+                e.code(),
+                if e.is_retryable() { "+retry" } else { "" }
+            ),
+        };
+        // Classic (CredentialRequestHandler.java).
+        assert_eq!(code(403, ""), "TokenExchangeRefused");
+        assert_eq!(
+            code(403, "TES responded with status code: 403. Caching response. {\"message\":\"Access Denied\"}"),
+            "TokenExchangeFailed"
+        );
+        assert_eq!(
+            code(
+                500,
+                "TES responded with status code: 500. Caching response. {}"
+            ),
+            "TokenExchangeFailed+retry"
+        );
+        // Lite (tes-serverd http_server.c).
+        assert_eq!(
+            code(
+                400,
+                "Authorization header is needed to process the request."
+            ),
+            "TokenExchangeRefused"
+        );
+        assert_eq!(
+            code(400, "SVCUID length must be exactly 16."),
+            "TokenExchangeRefused"
+        );
+        assert_eq!(code(404, "No such svcuid present."), "TokenExchangeRefused");
+        assert_eq!(
+            code(503, "Failed to fetch SVCUID. Try again."),
+            "TokenExchangeUnavailable+retry"
+        );
+        assert_eq!(code(200, "null"), "TokenExchangeFailed");
+        assert_eq!(
+            code(
+                400,
+                "Only /2016-11-01/credentialprovider/ uri is supported."
+            ),
+            "TokenExchangeFailed"
+        );
+        let e = classify(u, 404, b"No such svcuid present.", None).unwrap_err();
+        assert!(e.to_string().contains("404 No such svcuid present."), "{e}");
+        let e = classify(u, 200, b"null", None).unwrap_err();
+        assert!(e.to_string().contains("tesd"), "{e}");
     }
 
     #[test]
