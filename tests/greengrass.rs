@@ -84,7 +84,13 @@ async fn setup_as(config: Value, personality: Personality) -> Gg {
 
 impl Gg {
     fn spawn(&self) -> Child {
+        self.spawn_with(&[])
+    }
+
+    /// [`Self::spawn`] with more environment (what a recipe dependency adds).
+    fn spawn_with(&self, vars: &[(&str, &str)]) -> Child {
         Command::new(bin())
+            .envs(vars.iter().copied())
             .args(["run", "--kernel-root"])
             .arg(&self.dir)
             .current_dir(&self.dir)
@@ -796,4 +802,60 @@ async fn runs_as_the_component_user_with_the_documented_settings() {
         "effectiveConfig.yaml is unreadable in <root>/config (0700):\n{log}"
     );
     let _ = child.kill();
+}
+
+/// A device key in an HSM under the classic nucleus: the component depends on the nucleus's
+/// TES, which hands it `AWS_CONTAINER_CREDENTIALS_FULL_URI` and its SVCUID as
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN`; it syncs with those credentials and every status
+/// document says where they came from.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hsm_key_syncs_through_the_nucleus_tes_and_the_status_says_so() {
+    let local = tempfile::tempdir().unwrap();
+    let gg = setup(json!({
+        "bucket": devstack::Options::default().bucket,
+        "prefix": "h/",
+        "localDir": local.path(),
+        "privateKeyPath": "pkcs11:token=greengrass;object=device;type=private",
+        "s3EndpointUrl": "",
+        "syncIntervalSeconds": "3600",
+    }))
+    .await;
+    gg.nucleus.update_configuration(
+        COMPONENT,
+        &[],
+        &json!({"s3EndpointUrl": gg.env.stack.s3.url(), "s3ForcePathStyle": "true"}),
+    );
+    gg.env.put("h/k.txt", "kept in a TPM").await;
+    let tes = devstack::tes::TokenExchangeService::start(
+        gg.env.stack.account.clone(),
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        devstack::tes::Nucleus {
+            cert_der: gg.env.stack.device.cert_der.clone(),
+            thing: gg.env.stack.options.thing_name.clone(),
+            role_alias: gg.env.stack.options.role_alias.clone(),
+        },
+        &gg.token,
+    )
+    .await
+    .unwrap();
+    let uri = tes.uri();
+    let mut child = gg.spawn_with(&[
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", &gg.token),
+    ]);
+    let s = gg
+        .status("a pass through TES", |m| m["state"] == "SYNCED")
+        .await;
+    assert_eq!(s["credentialsSource"], "tes", "{s}");
+    assert_eq!(s["lastPass"]["downloaded"], 1, "{s}");
+    assert_eq!(
+        std::fs::read(local.path().join("k.txt")).unwrap(),
+        b"kept in a TPM"
+    );
+    let iot = gg.nucleus.iot_publishes();
+    let last: Value = serde_json::from_slice(&iot.last().unwrap().payload).unwrap();
+    assert_eq!(last["credentialsSource"], "tes", "{last}");
+    assert!(!gg.log().contains(&gg.token), "the SVCUID is never logged");
+    let _ = child.kill();
+    let _ = child.wait();
 }
