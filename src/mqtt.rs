@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, LastWill, MqttOptions, Packet, Proxy, ProxyAuth, ProxyType, QoS,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,6 +33,9 @@ pub enum Error {
     /// The certificate, key or CA cannot be used.
     #[error("cannot set up TLS for MQTT")]
     Tls(#[source] credentials::Error),
+    /// The proxy in the environment cannot carry MQTT.
+    #[error("cannot reach the MQTT endpoint through the proxy")]
+    Proxy(#[source] crate::proxy::Error),
 }
 
 /// A running MQTT connection.
@@ -77,6 +81,43 @@ impl Mqtt {
         // connection (and fires the OFFLINE last will). AWS IoT Core takes 128 KiB.
         options.set_max_packet_size(IOT_CORE_MAX_PACKET, IOT_CORE_MAX_PACKET);
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+        // The nucleus's networkProxy arrives as HTTPS_PROXY/ALL_PROXY/NO_PROXY: MQTT (TLS)
+        // tunnels through it with CONNECT, as the nucleus's own MQTT connection does. An
+        // https:// proxy's CA is trusted from the root CA file, where the nucleus's
+        // documentation has users append it.
+        let tunnel = crate::proxy::tunnel_for(|k| std::env::var(k).ok(), &settings.endpoint.host)
+            .map_err(Error::Proxy)?;
+        let proxy_hint = tunnel.as_ref().map(|t| {
+            format!(
+                "the proxy {t} refused or broke the MQTT tunnel: check the user and password in \
+                 HTTPS_PROXY (under Greengrass: the nucleus's networkProxy) and that the proxy \
+                 allows CONNECT to port {}",
+                settings.endpoint.port
+            )
+        });
+        if let Some(t) = tunnel {
+            let ty = if t.tls {
+                let proxy_tls = credentials::proxy_tls_config(&tls_identity.root_ca_path)
+                    .map_err(Error::Tls)?;
+                ProxyType::Https(TlsConfiguration::Rustls(Arc::new(proxy_tls)))
+            } else {
+                ProxyType::Http
+            };
+            tracing::info!(proxy = %t, endpoint = %settings.endpoint, "MQTT goes through the proxy");
+            let auth = t
+                .credentials
+                .clone()
+                .map_or(ProxyAuth::None, |(username, password)| ProxyAuth::Basic {
+                    username,
+                    password,
+                });
+            options.set_proxy(Proxy {
+                ty,
+                auth,
+                addr: t.host.clone(),
+                port: t.port,
+            });
+        }
         if let Some(topic) = &status_topic {
             options.set_last_will(LastWill::new(topic, offline, QoS::AtLeastOnce, false));
         }
@@ -120,7 +161,11 @@ impl Mqtt {
                     Ok(_) => {}
                     Err(e) => {
                         let delay = RECONNECT.random_delay(failures);
-                        if failures == 0 {
+                        let via_proxy = matches!(e, rumqttc::ConnectionError::Proxy(_));
+                        if failures == 0 && via_proxy {
+                            let hint = proxy_hint.as_deref().unwrap_or_default();
+                            tracing::warn!(%endpoint, error = %e, "{hint}; retrying with backoff");
+                        } else if failures == 0 {
                             tracing::warn!(%endpoint, error = %e, "MQTT connection failed; retrying with backoff");
                         } else {
                             tracing::debug!(%endpoint, error = %e, ?delay, "MQTT still disconnected");

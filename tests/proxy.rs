@@ -1,8 +1,8 @@
 //! Behind a real proxy (tinyproxy from Debian, with basic auth): the component runs in a
 //! network namespace of its own whose only way out is the proxy, so any bypass fails. S3 is
 //! reached over http through the proxy, the credentials endpoint through CONNECT (mutual TLS
-//! inside the tunnel); `NO_PROXY` is honoured; a wrong password is named with its fix and never
-//! printed. Needs root and iproute2; skips with the reason otherwise.
+//! inside the tunnel), and status over MQTT through CONNECT as well; `NO_PROXY` is honoured; a
+//! wrong password is named with its fix and never printed. Needs root and iproute2; skips with the reason otherwise.
 
 mod common;
 
@@ -273,4 +273,98 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
         "the error names the proxy and where its credentials come from:\n{stderr}"
     );
     assert!(!stderr.contains("wrong-pass"), "{stderr}");
+
+    // 5. Status over MQTT (outside Greengrass) tunnels through the proxy with CONNECT too.
+    let (_broker, mqtt_port) = common::mosquitto::broker(&env);
+    let pki = env.stack.dir.join("pki");
+    let topic = format!("gg-s3-sync/{}/status", env.stack.options.thing_name);
+    let heard = env.tmp.path().join("mqtt-heard.txt");
+    let _listener = common::mosquitto::Proc(
+        Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &mqtt_port.to_string(),
+                "-t",
+                &topic,
+            ])
+            .args(["-i", "proxy-test-listener", "--cafile"])
+            .arg(&env.stack.ca.files.cert_path)
+            .arg("--cert")
+            .arg(pki.join("device.pem"))
+            .arg("--key")
+            .arg(pki.join("device.key"))
+            .stdout(std::fs::File::create(&heard).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mqtt_cfg = env.write_config(&env.config("p/", |m| {
+        m.insert(
+            "mqtt".into(),
+            serde_json::json!({"endpoint": format!("localhost:{mqtt_port}")}),
+        );
+        m.insert("syncIntervalSeconds".into(), "3600".into());
+    }));
+    let run_mqtt = |pass: &str, log: &Path| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name])
+            .arg(bin())
+            .args(["run", "--config"])
+            .arg(&mqtt_cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        for (k, v) in both(pass) {
+            c.env(k, v);
+        }
+        common::mosquitto::Proc(c.spawn().unwrap())
+    };
+    let mqtt_log = env.tmp.path().join("mqtt-component.log");
+    let component = run_mqtt("s3cr3t-pass", &mqtt_log);
+    let synced = wait_until(30, || {
+        std::fs::read_to_string(&heard).is_ok_and(|t| t.contains("\"SYNCED\""))
+    })
+    .await;
+    let log_text = std::fs::read_to_string(&mqtt_log).unwrap_or_default();
+    assert!(synced, "no SYNCED status over MQTT:\n{log_text}");
+    let proxy_log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(
+        proxy_log.contains(&format!("CONNECT localhost:{mqtt_port}")),
+        "MQTT went through CONNECT:\n{proxy_log}"
+    );
+    assert!(
+        log_text.contains("MQTT goes through the proxy"),
+        "{log_text}"
+    );
+    assert!(!log_text.contains("s3cr3t-pass"), "{log_text}");
+    drop(component);
+
+    // 6. A wrong password on the MQTT tunnel is named with its fix, never printed.
+    let bad_log = env.tmp.path().join("mqtt-bad.log");
+    let component = run_mqtt("wrong-pass", &bad_log);
+    let named = wait_until(30, || {
+        std::fs::read_to_string(&bad_log)
+            .is_ok_and(|t| t.contains("refused or broke the MQTT tunnel"))
+    })
+    .await;
+    drop(component);
+    let bad = std::fs::read_to_string(&bad_log).unwrap_or_default();
+    assert!(named, "{bad}");
+    assert!(
+        bad.contains("HTTPS_PROXY") && !bad.contains("wrong-pass"),
+        "{bad}"
+    );
+}
+
+async fn wait_until(seconds: u64, ok: impl Fn() -> bool) -> bool {
+    for _ in 0..seconds * 10 {
+        if ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok()
 }

@@ -134,6 +134,35 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     })
 }
 
+/// The CAs of `rootCaPath`, as trust anchors.
+fn roots(path: &Path) -> Result<rustls::RootCertStore, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = Material::RootCa;
+    for cert in certificates(path, ca)? {
+        roots.add(cert).map_err(|e| Error::BadPem {
+            what: ca.what(),
+            key: ca.key(),
+            path: path.to_owned(),
+            detail: format!("a certificate cannot be used as a trust anchor ({e})"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// A rustls client configuration that trusts only the CAs of `path` and presents nothing: for
+/// an `https://` proxy, whose CA the nucleus's documentation has users append to the root CA
+/// file.
+pub(crate) fn trust_only_config(path: &Path) -> Result<rustls::ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::TlsSetup {
+            detail: e.to_string(),
+        })?
+        .with_root_certificates(roots(path)?)
+        .with_no_client_auth())
+}
+
 /// The first certificate of `path` (the device certificate), DER.
 pub(crate) fn first_certificate(path: &Path) -> Result<CertificateDer<'static>, Error> {
     let mut certs = certificates(path, Material::Certificate)?;
@@ -144,16 +173,7 @@ pub(crate) fn first_certificate(path: &Path) -> Result<CertificateDer<'static>, 
 /// certificate, and check that the key belongs to the certificate.
 pub(crate) fn tls_config(s: &ProviderSettings) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = Material::RootCa;
-    for cert in certificates(&s.root_ca_path, ca)? {
-        roots.add(cert).map_err(|e| Error::BadPem {
-            what: ca.what(),
-            key: ca.key(),
-            path: s.root_ca_path.clone(),
-            detail: format!("a certificate cannot be used as a trust anchor ({e})"),
-        })?;
-    }
+    let roots = roots(&s.root_ca_path)?;
     let chain = certificates(&s.certificate_file_path, Material::Certificate)?;
     let key = private_key(&s.private_key_path)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider)

@@ -477,6 +477,15 @@ pub fn client_tls_config(
     Ok(config)
 }
 
+/// A rustls client configuration trusting only the CAs in `root_ca_path`, presenting no
+/// certificate (an `https://` proxy's TLS).
+///
+/// # Errors
+/// The [`Error`] naming the unreadable file.
+pub fn proxy_tls_config(root_ca_path: &std::path::Path) -> Result<rustls::ClientConfig, Error> {
+    endpoint::trust_only_config(root_ca_path)
+}
+
 /// Whether an error is about TLS (trust, certificate rejection, handshake).
 #[must_use]
 pub fn is_tls_problem(e: &Error) -> bool {

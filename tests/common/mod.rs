@@ -1,6 +1,8 @@
 //! Shared test harness: a devstack on port 0 in a temp folder, configs, and the real binary.
 #![allow(dead_code, unreachable_pub)] // each test crate uses a different subset
 
+pub mod mosquitto;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
