@@ -1,6 +1,7 @@
 //! Behind a real proxy (tinyproxy from Debian, with basic auth): the component runs in a
 //! network namespace of its own whose only way out is the proxy, so any bypass fails. S3 is
-//! reached over http through the proxy, the credentials endpoint through CONNECT (mutual TLS
+//! reached over http through the proxy and over https through CONNECT, the credentials
+//! endpoint through CONNECT (mutual TLS
 //! inside the tunnel), and status over MQTT through CONNECT as well; `NO_PROXY` is honoured; a
 //! wrong password is named with its fix and never printed. Needs root and iproute2; skips with the reason otherwise.
 
@@ -106,6 +107,7 @@ impl Drop for Netns {
             .status();
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
             .status();
     }
 }
@@ -233,6 +235,44 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
         "the proxy password is never printed:\n{stderr}"
     );
 
+    // 2b. S3 over https, as in production: the SDK tunnels through the proxy with CONNECT.
+    // The SDK trusts the platform's CAs (rustls-native-certs, which reads SSL_CERT_FILE).
+    let pki = env.stack.dir.join("pki");
+    let front = devstack::tls_front::TlsFront::start(
+        &std::fs::read_to_string(pki.join("server.pem")).unwrap(),
+        &std::fs::read_to_string(pki.join("server.key")).unwrap(),
+        (Ipv4Addr::LOCALHOST, 0).into(),
+        env.stack.s3.addr(),
+    )
+    .await
+    .unwrap();
+    env.put("q/b.txt", "over https").await;
+    let https_local = env.tmp.path().join("https-local");
+    let https_cfg = env.write_config(&env.config("q/", |m| {
+        m.insert(
+            "s3EndpointUrl".into(),
+            format!("https://localhost:{}", front.addr().port()).into(),
+        );
+        m.insert("localDir".into(), https_local.display().to_string().into());
+    }));
+    let mut vars = both("s3cr3t-pass");
+    vars.push((
+        "SSL_CERT_FILE",
+        env.stack.ca.files.cert_path.display().to_string(),
+    ));
+    let out = tokio::task::block_in_place(|| once_in(&ns, &https_cfg, &vars));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        std::fs::read(https_local.join("b.txt")).unwrap(),
+        b"over https"
+    );
+    let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(
+        log.contains(&format!("CONNECT localhost:{}", front.addr().port())),
+        "S3 over https went through CONNECT:\n{log}"
+    );
+
     // `check` says which way each endpoint goes, without the password, and passes.
     let check = tokio::task::block_in_place(|| {
         let mut c = Command::new("ip");
@@ -276,7 +316,6 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
 
     // 5. Status over MQTT (outside Greengrass) tunnels through the proxy with CONNECT too.
     let (_broker, mqtt_port) = common::mosquitto::broker(&env);
-    let pki = env.stack.dir.join("pki");
     let topic = format!("gg-s3-sync/{}/status", env.stack.options.thing_name);
     let heard = env.tmp.path().join("mqtt-heard.txt");
     let _listener = common::mosquitto::Proc(
@@ -357,6 +396,85 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
         bad.contains("HTTPS_PROXY") && !bad.contains("wrong-pass"),
         "{bad}"
     );
+
+    // 7. An https:// proxy (TLS to the proxy itself) whose CA the user appended to the root CA
+    // file, as the nucleus requires: the credentials endpoint and MQTT both go through it.
+    let proxy_pki = env.tmp.path().join("proxy-pki");
+    std::fs::create_dir_all(&proxy_pki).unwrap();
+    let proxy_ca = devstack::pki::Ca::new(&proxy_pki, "corporate proxy CA", "proxy-ca").unwrap();
+    let proxy_cert = proxy_ca
+        .server_for_ip(&proxy_pki, "proxy", ns.host_ip.into())
+        .unwrap();
+    let tls_proxy = devstack::tls_front::TlsFront::start(
+        &proxy_cert.cert_pem,
+        &proxy_cert.key_pem,
+        (ns.host_ip, 0).into(),
+        (ns.host_ip, proxy.port).into(),
+    )
+    .await
+    .unwrap();
+    let roots = env.tmp.path().join("roots-with-proxy-ca.pem");
+    std::fs::write(
+        &roots,
+        std::fs::read_to_string(&env.stack.ca.files.cert_path).unwrap()
+            + &std::fs::read_to_string(&proxy_ca.files.cert_path).unwrap(),
+    )
+    .unwrap();
+    let tls_cfg = env.write_config(&env.config("p/", |m| {
+        m.insert(
+            "mqtt".into(),
+            serde_json::json!({"endpoint": format!("localhost:{mqtt_port}")}),
+        );
+        m.insert("syncIntervalSeconds".into(), "3600".into());
+        m.insert("rootCaPath".into(), roots.display().to_string().into());
+    }));
+    let count = |path: &Path, needle: &str| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    };
+    let connects_before = count(&proxy.log, "CONNECT localhost:");
+    let heard_before = count(&heard, "\"SYNCED\"");
+    let tls_log = env.tmp.path().join("mqtt-https-proxy.log");
+    let component = {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name])
+            .arg(bin())
+            .args(["run", "--config"])
+            .arg(&tls_cfg)
+            .env("RUST_LOG", "info")
+            .env(
+                "HTTPS_PROXY",
+                format!(
+                    "https://ggs3:s3cr3t-pass@{}:{}",
+                    ns.host_ip,
+                    tls_proxy.addr().port()
+                ),
+            )
+            .env("HTTP_PROXY", url("s3cr3t-pass"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&tls_log).unwrap());
+        common::mosquitto::Proc(c.spawn().unwrap())
+    };
+    let synced = wait_until(30, || count(&heard, "\"SYNCED\"") > heard_before).await;
+    drop(component);
+    let log_text = std::fs::read_to_string(&tls_log).unwrap_or_default();
+    assert!(
+        synced,
+        "no SYNCED status through the https proxy:\n{log_text}"
+    );
+    let connects = count(&proxy.log, "CONNECT localhost:");
+    assert!(
+        connects >= connects_before + 2,
+        "the credentials endpoint and MQTT both tunnelled through the https proxy \
+         ({connects_before} CONNECTs before, {connects} after)"
+    );
+    assert!(
+        log_text.contains(&format!("proxy=https://{}", ns.host_ip)),
+        "{log_text}"
+    );
+    assert!(!log_text.contains("s3cr3t-pass"), "{log_text}");
 }
 
 async fn wait_until(seconds: u64, ok: impl Fn() -> bool) -> bool {

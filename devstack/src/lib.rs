@@ -15,6 +15,7 @@
 //! - [`iam`]: the IAM-like policy language.
 //! - [`credprov`], [`s3`], [`pki`]: the servers and certificates.
 //! - [`tes`]: the nucleus's token exchange service, as the classic nucleus serves it.
+//! - [`tls_front`]: `https://` in front of a plain server (S3 over TLS, an https proxy).
 
 pub mod account;
 pub mod credprov;
@@ -24,6 +25,7 @@ pub mod nucleus;
 pub mod pki;
 pub mod s3;
 pub mod tes;
+pub mod tls_front;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

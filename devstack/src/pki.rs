@@ -157,6 +157,23 @@ impl Ca {
         self.issue(dir, file_stem, params, KeyPair::generate())
     }
 
+    /// A server certificate for one IP address (a proxy reached by address).
+    ///
+    /// # Errors
+    /// [`Error`] if generation or writing fails.
+    pub fn server_for_ip(
+        &self,
+        dir: &Path,
+        file_stem: &str,
+        ip: std::net::IpAddr,
+    ) -> Result<CertFiles, Error> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::IpAddress(ip)];
+        params.distinguished_name = name(&ip.to_string());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(dir, file_stem, params, KeyPair::generate())
+    }
+
     /// A device (client) certificate whose subject is `cn`, with an EC P-256 key.
     ///
     /// # Errors
