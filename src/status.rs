@@ -80,6 +80,9 @@ pub struct StatusDocument {
     /// Where the credentials in use came from: `iot` (this component's role alias) or `tes`
     /// (the nucleus's token exchange service); `null` before any.
     pub credentials_source: Option<&'static str>,
+    /// The role alias whose role the credentials carry: `roleAlias` for `iot`, the nucleus's
+    /// `iotRoleAlias` for `tes` (`null` when the nucleus does not say, or before any).
+    pub role_alias: Option<String>,
     /// Whether something was left out to stay within [`MAX_DOCUMENT_BYTES`]: list entries
     /// (`lastPass.failed` and `lastPass.skipped` keep the totals) or the end of a long text.
     pub truncated: bool,
@@ -102,6 +105,8 @@ pub struct Context {
     pub clock_skew_seconds: Option<i64>,
     /// `iot` or `tes`.
     pub credentials_source: Option<&'static str>,
+    /// The role alias behind the credentials in use.
+    pub role_alias: Option<String>,
 }
 
 impl Context {
@@ -121,14 +126,20 @@ impl Context {
             credentials_expiration,
             clock_skew_seconds: None,
             credentials_source: None,
+            role_alias: None,
         }
     }
 
-    /// With the source of the credentials in use.
+    /// With the source of the credentials in use and the role alias behind them.
     #[must_use]
-    pub fn with_source(self, credentials_source: Option<&'static str>) -> Self {
+    pub fn with_source(
+        self,
+        credentials_source: Option<&'static str>,
+        role_alias: Option<String>,
+    ) -> Self {
         Self {
             credentials_source,
+            role_alias,
             ..self
         }
     }
@@ -160,6 +171,7 @@ impl StatusDocument {
             credentials_expiration: cx.credentials_expiration.clone(),
             clock_skew_seconds: cx.clock_skew_seconds,
             credentials_source: cx.credentials_source,
+            role_alias: cx.role_alias.clone(),
             truncated: false,
         }
     }

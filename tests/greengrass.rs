@@ -228,6 +228,8 @@ async fn runs_as_a_greengrass_component() {
     assert_eq!(s["prefix"], "a/");
     assert_eq!(s["thingName"], gg.env.stack.options.thing_name);
     assert!(s["credentialsExpiration"].is_string());
+    assert_eq!(s["credentialsSource"], "iot", "{s}");
+    assert_eq!(s["roleAlias"], gg.env.stack.options.role_alias, "{s}");
     assert_eq!(tree(local.path()).len(), 2);
     assert_eq!(gg.nucleus.states(COMPONENT), ["RUNNING"]);
     let iot = gg.nucleus.iot_publishes();
@@ -816,6 +818,8 @@ async fn an_hsm_key_syncs_through_the_nucleus_tes_and_the_status_says_so() {
         "prefix": "h/",
         "localDir": local.path(),
         "privateKeyPath": "pkcs11:token=greengrass;object=device;type=private",
+        // Not the one TES uses: the nucleus exchanges for its own iotRoleAlias.
+        "roleAlias": "component-own-alias",
         "s3EndpointUrl": "",
         "syncIntervalSeconds": "3600",
     }))
@@ -847,6 +851,7 @@ async fn an_hsm_key_syncs_through_the_nucleus_tes_and_the_status_says_so() {
         .status("a pass through TES", |m| m["state"] == "SYNCED")
         .await;
     assert_eq!(s["credentialsSource"], "tes", "{s}");
+    assert_eq!(s["roleAlias"], gg.env.stack.options.role_alias, "{s}");
     assert_eq!(s["lastPass"]["downloaded"], 1, "{s}");
     assert_eq!(
         std::fs::read(local.path().join("k.txt")).unwrap(),

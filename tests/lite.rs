@@ -437,6 +437,7 @@ async fn scenario() {
             r["doc"]["state"] == "SYNCED"
                 && r["doc"]["lastPass"]["downloaded"] == 2
                 && r["doc"]["credentialsSource"] == "iot"
+                && r["doc"]["roleAlias"] == env.stack.options.role_alias.as_str()
         })
     })
     .await;

@@ -125,6 +125,8 @@ struct Supervisor {
     trigger: Option<(String, Subscription<SubscriptionResponseMessage>)>,
     reported_running: bool,
     sources_logged: bool,
+    /// The nucleus's `iotRoleAlias` (the role TES credentials carry), from the last reload.
+    nucleus_role_alias: Option<String>,
     next_pass: tokio::time::Instant,
     pass_requested: bool,
     reload_requested: bool,
@@ -167,6 +169,7 @@ pub async fn run(
         trigger: None,
         reported_running: false,
         sources_logged: false,
+        nucleus_role_alias: None,
         next_pass: now(),
         pass_requested: true,
         reload_requested: true,
@@ -510,6 +513,7 @@ impl Supervisor {
     async fn reload(&mut self) -> Result<(), Error> {
         let own = self.ipc.get_configuration(None, &[]).await?;
         let facts = gather_facts(&self.ipc, &self.env).await?;
+        self.nucleus_role_alias = facts.nucleus_role_alias.as_ref().map(|f| f.value.clone());
         let resolved = discovery::resolve(&own, &facts);
         let wd = self.env.working_dir.clone();
         let parsed = match Config::from_value(&resolved.document, &wd, &wd) {
@@ -675,23 +679,25 @@ impl Supervisor {
     }
 
     async fn context(&self) -> Context {
-        let (expiration, skew, source) = match &self.syncer {
+        let (expiration, skew, chosen) = match &self.syncer {
             Some(s) => (
                 s.credentials().expiration().await.map(rfc3339),
                 s.credentials().clock_skew_seconds(),
-                s.credentials()
-                    .source_in_use()
-                    .map(crate::credentials::Chosen::as_str),
+                s.credentials().source_in_use(),
             ),
             None => (None, None, None),
         };
+        let role_alias = chosen.zip(self.config.as_ref()).and_then(|(c, config)| {
+            c.role_alias(&config.role_alias, self.nucleus_role_alias.as_deref())
+        });
+        let source = chosen.map(crate::credentials::Chosen::as_str);
         Context::new(
             self.config.as_ref(),
             self.env.thing_name.clone(),
             expiration,
         )
         .with_clock_skew(skew)
-        .with_source(source)
+        .with_source(source, role_alias)
     }
 
     /// Publishes to IoT Core and locally; failures are logged with the fix, never fatal.

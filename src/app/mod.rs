@@ -142,6 +142,9 @@ pub async fn run(
                 provider
                     .source_in_use()
                     .map(crate::credentials::Chosen::as_str),
+                provider
+                    .source_in_use()
+                    .and_then(|c| c.role_alias(&config.role_alias, None)),
             )
         }
     };

@@ -548,6 +548,16 @@ impl Chosen {
             Self::Tes => "tes",
         }
     }
+
+    /// The role alias whose role the credentials carry: this component's `own` for `iot`, the
+    /// nucleus's `iotRoleAlias` for `tes` (`None` when the nucleus does not say).
+    #[must_use]
+    pub fn role_alias(self, own: &str, nucleus: Option<&str>) -> Option<String> {
+        match self {
+            Self::Iot => Some(own.to_owned()),
+            Self::Tes => nucleus.map(str::to_owned),
+        }
+    }
 }
 
 /// Which source to use (pure): `iot` and `tes` as configured; `auto` takes `tes` when the key is
@@ -948,6 +958,19 @@ pub fn find_in_chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_role_alias_in_use_follows_the_source() {
+        assert_eq!(
+            Chosen::Iot.role_alias("own", Some("nucleus")).as_deref(),
+            Some("own")
+        );
+        assert_eq!(
+            Chosen::Tes.role_alias("own", Some("nucleus")).as_deref(),
+            Some("nucleus")
+        );
+        assert_eq!(Chosen::Tes.role_alias("own", None), None);
+    }
+
     use super::*;
 
     const H: Duration = Duration::from_secs(3600);
