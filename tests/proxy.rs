@@ -398,7 +398,8 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
     );
 
     // 7. An https:// proxy (TLS to the proxy itself) whose CA the user appended to the root CA
-    // file, as the nucleus requires: the credentials endpoint and MQTT both go through it.
+    // file, as the nucleus requires: the credentials endpoint, MQTT and S3 over https all go
+    // through it, trusting the proxy (and S3's CA) from that file alone.
     let proxy_pki = env.tmp.path().join("proxy-pki");
     std::fs::create_dir_all(&proxy_pki).unwrap();
     let proxy_ca = devstack::pki::Ca::new(&proxy_pki, "corporate proxy CA", "proxy-ca").unwrap();
@@ -427,6 +428,19 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
         );
         m.insert("syncIntervalSeconds".into(), "3600".into());
         m.insert("rootCaPath".into(), roots.display().to_string().into());
+        m.insert(
+            "s3EndpointUrl".into(),
+            format!("https://localhost:{}", front.addr().port()).into(),
+        );
+        m.insert(
+            "localDir".into(),
+            env.tmp
+                .path()
+                .join("via-https-proxy")
+                .display()
+                .to_string()
+                .into(),
+        );
     }));
     let count = |path: &Path, needle: &str| {
         std::fs::read_to_string(path)
@@ -452,7 +466,7 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
                     tls_proxy.addr().port()
                 ),
             )
-            .env("HTTP_PROXY", url("s3cr3t-pass"))
+            .env_remove("SSL_CERT_FILE")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&tls_log).unwrap());
         common::mosquitto::Proc(c.spawn().unwrap())
@@ -466,9 +480,13 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
     );
     let connects = count(&proxy.log, "CONNECT localhost:");
     assert!(
-        connects >= connects_before + 2,
-        "the credentials endpoint and MQTT both tunnelled through the https proxy \
+        connects >= connects_before + 3,
+        "the credentials endpoint, MQTT and S3 all tunnelled through the https proxy \
          ({connects_before} CONNECTs before, {connects} after)"
+    );
+    assert_eq!(
+        std::fs::read(env.tmp.path().join("via-https-proxy/a.txt")).unwrap(),
+        b"through the proxy"
     );
     assert!(
         log_text.contains(&format!("proxy=https://{}", ns.host_ip)),

@@ -297,6 +297,7 @@ impl From<&Config> for SyncSettings {
                 region: c.region.clone(),
                 endpoint_url: c.s3_endpoint_url.clone(),
                 force_path_style: c.s3_force_path_style,
+                root_ca_path: Some(c.root_ca_path.clone()),
             },
             prefix: c.prefix.clone(),
             local_dir: c.local_dir.clone(),

@@ -37,6 +37,53 @@ pub struct S3Settings {
     pub endpoint_url: Option<String>,
     /// Path-style addressing.
     pub force_path_style: bool,
+    /// The root CA file (`rootCaPath`), trusted for S3 next to the platform's CAs: an
+    /// `https://` proxy's CA (which the nucleus has users append there) or a private S3
+    /// endpoint's.
+    pub root_ca_path: Option<std::path::PathBuf>,
+}
+
+/// `pem` if every certificate in it can be a trust anchor, else `None` (pure). The SDK's
+/// rustls provider panics on a certificate it cannot parse (`expect("valid PEM certificate")`
+/// in `aws-smithy-http-client`'s `rustls_root_certs`), so a bad root CA file must never reach
+/// it; the credentials exchange names that file's problem.
+fn usable_roots(pem: Vec<u8>) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let ders = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let mut store = rustls::RootCertStore::empty();
+    let any = !ders.is_empty();
+    for der in ders {
+        store.add(der).ok()?;
+    }
+    any.then_some(pem)
+}
+
+/// The SDK's default HTTPS client (hyper, rustls with aws-lc, proxies from the environment, as
+/// `aws-smithy-runtime`'s `default_https_client` builds it), trusting `extra_roots_pem` as
+/// well as the platform's CAs.
+fn http_client(extra_roots_pem: Vec<u8>) -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(extra_roots_pem))
+        .build()
+        .unwrap_or_default();
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut conn = ConnectorBuilder::default()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context.clone());
+        conn.set_connector_settings(settings.cloned());
+        if let Some(c) = components {
+            conn.set_sleep_impl(c.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        conn.build()
+    })
 }
 
 /// One page of a listing.
@@ -71,6 +118,14 @@ impl Source {
             .force_path_style(settings.force_path_style);
         if let Some(url) = &settings.endpoint_url {
             b = b.endpoint_url(url);
+        }
+        let extra_roots = settings
+            .root_ca_path
+            .as_ref()
+            .and_then(|p| super::off_runtime(|| std::fs::read(p).ok()))
+            .and_then(usable_roots);
+        if let Some(pem) = extra_roots {
+            b = b.http_client(http_client(pem));
         }
         Self {
             client: aws_sdk_s3::Client::from_conf(b.build()),
@@ -418,6 +473,19 @@ pub fn encryption_of(out: &GetObjectOutput) -> super::plan::Encryption {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_usable_root_files_reach_the_sdk() {
+        assert_eq!(usable_roots(b"not a certificate".to_vec()), None);
+        assert_eq!(usable_roots(Vec::new()), None);
+        let broken = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec();
+        assert_eq!(usable_roots(broken), None);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = devstack::pki::Ca::new(dir.path(), "test CA", "ca").unwrap();
+        let pem = ca.files.cert_pem.into_bytes();
+        assert_eq!(usable_roots(pem.clone()), Some(pem));
+    }
+
     use super::*;
 
     #[test]
