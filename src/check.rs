@@ -182,11 +182,23 @@ pub async fn run(mut r: Report, config: &Config, clock: SharedClock) -> Report {
         p.as_ref()
             .map_or_else(|| "direct".to_owned(), |p| format!("via proxy {p}"))
     };
+    // MQTT (outside Greengrass) tunnels through HTTPS_PROXY/ALL_PROXY; a proxy it cannot use
+    // (SOCKS, a bad URL) fails this step with the reason.
+    let (mqtt_path, mqtt_status) = match &config.mqtt {
+        None => (String::new(), Status::Pass),
+        Some(m) => match crate::proxy::tunnel_for(env, &m.endpoint.host) {
+            Ok(t) => (
+                format!("; MQTT {}: {}", m.endpoint, via(&t.map(|t| t.to_string()))),
+                Status::Pass,
+            ),
+            Err(e) => (format!("; MQTT {}: {e}", m.endpoint), Status::Fail),
+        },
+    };
     r.add(
         NETWORK,
-        Status::Pass,
+        mqtt_status,
         format!(
-            "credentials endpoint {endpoint}: {}; S3 {s3_host}: {} (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)",
+            "credentials endpoint {endpoint}: {}; S3 {s3_host}: {}{mqtt_path} (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)",
             via(&cred_proxy),
             via(&s3_proxy)
         ),

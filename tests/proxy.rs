@@ -361,6 +361,27 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
         }
         common::mosquitto::Proc(c.spawn().unwrap())
     };
+    // `check` names MQTT's path too.
+    let check = tokio::task::block_in_place(|| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name])
+            .arg(bin())
+            .args(["check", "--json", "--config"])
+            .arg(&mqtt_cfg);
+        for (k, v) in both("s3cr3t-pass") {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    });
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains(&format!(
+            "MQTT localhost:{mqtt_port}: via proxy http://{}:{}",
+            ns.host_ip, proxy.port
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3t-pass"), "{text}");
     let mqtt_log = env.tmp.path().join("mqtt-component.log");
     let component = run_mqtt("s3cr3t-pass", &mqtt_log);
     let synced = wait_until(30, || {
