@@ -701,3 +701,36 @@ async fn nucleus_lite_token_exchange_answers_are_named() {
     assert_eq!(e.code(), "TokenExchangeFailed", "{e:?}");
     assert!(e.to_string().contains("tesd could not get them"), "{e}");
 }
+
+/// TES credentials follow the same cache policy as the component's own exchange: concurrent
+/// callers share one request, the credentials are refreshed ahead of expiry, and a refusal is
+/// cached (not asked again on every call).
+#[tokio::test(flavor = "multi_thread")]
+async fn token_exchange_credentials_share_the_cache_policy() {
+    let env = Env::default().await;
+    let tes = start_tes(&env, 0, "tok-cache").await;
+    let (p, clock) = provider(tes_settings(&env, &tes.uri(), tes.token()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let p = p.clone();
+        tasks.spawn(async move { p.credentials().await.map(|c| c.access_key_id().to_owned()) });
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    while let Some(r) = tasks.join_next().await {
+        keys.insert(r.unwrap().unwrap());
+    }
+    assert_eq!(keys.len(), 1, "one set of credentials for every caller");
+    assert_eq!(p.requests_sent(), 1, "single flight");
+    let old = keys.into_iter().next().unwrap();
+    // Inside the refresh-ahead window (300 s before the hour's end): replaced in the background.
+    clock.advance(Duration::from_secs(3600 - 200));
+    let new = refreshed(&p, &old).await;
+    assert_ne!(new.access_key_id(), old);
+    assert_eq!(p.requests_sent(), 2);
+
+    let (p, _clock) = provider(tes_settings(&env, &tes.uri(), "not-the-token"));
+    for _ in 0..5 {
+        assert!(p.credentials().await.is_err());
+    }
+    assert_eq!(p.requests_sent(), 1, "a refusal is cached");
+}
