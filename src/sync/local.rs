@@ -483,16 +483,11 @@ impl TempFile {
     /// [`Error::Io`] if it cannot be created.
     pub async fn create(folder: &Folder) -> Result<Self, Error> {
         let f = folder.clone();
-        let (name, file) = tokio::task::spawn_blocking(move || loop {
-            let name = format!("{TEMP_PREFIX}{:016x}{TEMP_SUFFIX}", fastrand::u64(..));
-            match f.create_new(&name) {
-                Ok(file) => return Ok((name, file)),
-                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        })
-        .await
-        .map_err(|e| io_err("create a temporary file in", folder.path())(io::Error::other(e)))??;
+        let (name, file) = tokio::task::spawn_blocking(move || create_temp(&f))
+            .await
+            .map_err(|e| {
+                io_err("create a temporary file in", folder.path())(io::Error::other(e))
+            })??;
         Ok(Self {
             folder: folder.clone(),
             name,
@@ -551,6 +546,50 @@ impl TempFile {
         }
         result
     }
+}
+
+/// A new temporary file in `folder` under a random name (`O_CREAT | O_EXCL | O_NOFOLLOW`: a
+/// name taken by anything, a planted symlink included, is skipped for another). Blocking.
+fn create_temp(folder: &Folder) -> Result<(String, fs::File), Error> {
+    loop {
+        let name = format!("{TEMP_PREFIX}{:016x}{TEMP_SUFFIX}", fastrand::u64(..));
+        match folder.create_new(&name) {
+            Ok(file) => return Ok((name, file)),
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes `data` (already in memory and verified) as `dest` in `folder` in one blocking task:
+/// a temporary file, the data, then [`commit_file`]. For small objects this replaces a
+/// blocking-pool hop per step with one. The temporary file is removed on any failure, and a
+/// cancelled caller cannot stop it halfway: the name points at the old data or the new.
+///
+/// # Errors
+/// [`Error::Io`] (e.g. a full disk) or [`Error::Conflict`].
+pub async fn write_new(
+    folder: &Folder,
+    dest: &str,
+    data: Vec<u8>,
+    mtime: Option<SystemTime>,
+) -> Result<LocalFile, Error> {
+    use std::io::Write as _;
+    let (folder, dest) = (folder.clone(), dest.to_owned());
+    let path = folder.display(&dest);
+    tokio::task::spawn_blocking(move || {
+        let (tmp, mut file) = create_temp(&folder)?;
+        let result = file
+            .write_all(&data)
+            .map_err(io_err("write", &folder.display(&tmp)))
+            .and_then(|()| commit_file(&folder, file, &tmp, &dest, mtime));
+        if result.is_err() {
+            let _ = folder.remove(&tmp);
+        }
+        result
+    })
+    .await
+    .map_err(|e| io_err("finish writing", &path)(io::Error::other(e)))?
 }
 
 /// The one durable commit of both download paths: `file` (written as `tmp` in `folder`) gets
@@ -722,6 +761,45 @@ mod tests {
         drop(t);
         assert!(!tmp.exists());
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    /// The in-memory path for small objects: same result as a streamed temporary file, a link
+    /// at the final name replaced (not followed), and nothing left behind on failure.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn small_writes_commit_in_one_step_or_leave_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let r = open(&root);
+        let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        let got = write_new(&r, "f.txt", b"hello".to_vec(), Some(mtime))
+            .await
+            .unwrap();
+        assert_eq!(fs::read(root.path().join("f.txt")).unwrap(), b"hello");
+        assert_eq!(
+            got,
+            LocalFile {
+                size: 5,
+                mtime_ns: mtime_ns(mtime)
+            }
+        );
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, root.path().join("g.txt")).unwrap();
+        write_new(&r, "g.txt", b"new".to_vec(), None).await.unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(root.path().join("g.txt")).unwrap(), b"new");
+        // A folder at the final name: refused, and no temporary file stays.
+        fs::create_dir(root.path().join("d")).unwrap();
+        fs::write(root.path().join("d/inside"), b"x").unwrap();
+        assert!(write_new(&r, "d", b"data".to_vec(), None).await.is_err());
+        let names: Vec<String> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with(TEMP_PREFIX)),
+            "{names:?}"
+        );
     }
 
     /// A symlink at the destination name is replaced, never written through.

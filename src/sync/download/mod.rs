@@ -25,6 +25,42 @@ pub(crate) const OBJECT_BACKOFF: Backoff = Backoff {
 };
 /// Space left free on the disk beyond each object, so a sync never fills it to the last byte.
 pub(crate) const DISK_HEADROOM: u64 = 64 * 1024;
+/// Objects up to this size are received into memory and written, verified, in one blocking
+/// task ([`local::write_new`]); larger ones stream to a temporary file. At most
+/// `maxConcurrency` of them are in memory at once (16 × 256 KiB = 4 MiB).
+pub(crate) const IN_MEMORY_MAX: u64 = 256 * 1024;
+
+/// Where a download's bytes go until they are verified.
+enum Sink {
+    /// A small object, kept in memory.
+    Memory(Vec<u8>),
+    /// A temporary file in the destination folder (boxed: it holds its write buffer's state).
+    File(Box<local::TempFile>),
+}
+
+impl Sink {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), local::Error> {
+        match self {
+            Self::Memory(v) => {
+                v.extend_from_slice(chunk);
+                Ok(())
+            }
+            Self::File(t) => t.write(chunk).await,
+        }
+    }
+
+    async fn commit(
+        self,
+        folder: &local::Folder,
+        name: &str,
+        mtime: Option<std::time::SystemTime>,
+    ) -> Result<plan::LocalFile, local::Error> {
+        match self {
+            Self::Memory(data) => local::write_new(folder, name, data, mtime).await,
+            Self::File(t) => (*t).commit(name, mtime).await,
+        }
+    }
+}
 
 /// What every download task shares: the bandwidth limit and the progress sink.
 #[derive(Debug, Clone)]
@@ -249,7 +285,15 @@ async fn download(
     let expected_md5 = plan::expected_md5(&remote.etag, s3::encryption_of(&out));
     let mut hasher = expected_md5.as_ref().map(|_| Md5::new());
     let mut body = out.body;
-    let mut tmp = local::TempFile::create(&folder).await.map_err(disk_full)?;
+    let mut tmp = if remote.size <= IN_MEMORY_MAX {
+        Sink::Memory(Vec::with_capacity(
+            usize::try_from(remote.size).unwrap_or(0),
+        ))
+    } else {
+        Sink::File(Box::new(
+            local::TempFile::create(&folder).await.map_err(disk_full)?,
+        ))
+    };
     let mut received: u64 = 0;
     let mut shown = AttemptProgress::new(hooks.progress.as_ref());
     loop {
@@ -289,7 +333,7 @@ async fn download(
         }
     }
     let written = tmp
-        .commit(name, remote.last_modified)
+        .commit(&folder, name, remote.last_modified)
         .await
         .map_err(disk_full)?;
     shown.keep();
