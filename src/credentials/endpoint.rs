@@ -235,15 +235,7 @@ pub(crate) async fn fetch_once(
     }
     let mut resp = req.send().await.map_err(|e| transport_error(&e, s))?;
     let status = resp.status().as_u16();
-    let server_date = resp
-        .headers()
-        .get("date")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            aws_smithy_types::DateTime::from_str(v, aws_smithy_types::date_time::Format::HttpDate)
-                .ok()
-        })
-        .and_then(|d| SystemTime::try_from(d).ok());
+    let server_date = super::response::server_date(resp.headers());
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e, s))? {
         body.extend_from_slice(&chunk);

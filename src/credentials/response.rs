@@ -54,6 +54,12 @@ pub(crate) struct Context<'a> {
     pub(crate) endpoint: &'a str,
 }
 
+/// The `Date` of an answer (HTTP date), the server's clock that credentials are judged on.
+pub(crate) fn server_date(headers: &reqwest::header::HeaderMap) -> Option<SystemTime> {
+    let text = headers.get("date")?.to_str().ok()?;
+    SystemTime::try_from(DateTime::from_str(text, Format::HttpDate).ok()?).ok()
+}
+
 /// Parses a 200 body. Field values never appear in errors.
 pub(crate) fn parse_success(body: &[u8]) -> Result<Issued, Error> {
     let malformed = |detail: &str| Error::MalformedResponse {

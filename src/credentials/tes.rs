@@ -113,15 +113,7 @@ pub(crate) async fn fetch(client: &reqwest::Client, tes: &TesEndpoint) -> Result
             detail: crate::errtext::root_cause(&e),
         })?;
     let status = resp.status().as_u16();
-    let server_date = resp
-        .headers()
-        .get("date")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            aws_smithy_types::DateTime::from_str(v, aws_smithy_types::date_time::Format::HttpDate)
-                .ok()
-        })
-        .and_then(|d| SystemTime::try_from(d).ok());
+    let server_date = super::response::server_date(resp.headers());
     let body = resp.bytes().await.map_err(|e| Error::TesUnavailable {
         uri: tes.uri.clone(),
         detail: crate::errtext::root_cause(&e),
