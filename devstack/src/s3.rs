@@ -175,8 +175,9 @@ pub enum ListingFault {
 }
 
 /// S3's `encoding-type=url`: key names encoded as HTML forms encode them (space as `+`; what
-/// botocore decodes with `unquote_plus`).
-fn form_encode(key: &str) -> String {
+/// botocore decodes with `unquote_plus`). Public so the component's decoder is tested against it.
+#[must_use]
+pub fn form_encode(key: &str) -> String {
     key.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {

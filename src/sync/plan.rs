@@ -421,18 +421,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The form encoding S3 applies with `encoding-type=url` (space as `+`).
-    fn form_encode(key: &str) -> String {
-        key.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                    char::from(b).to_string()
-                }
-                b' ' => "+".to_owned(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    }
+    /// The form encoding the devstack's S3 applies with `encoding-type=url` (space as `+`).
+    use devstack::s3::form_encode;
 
     #[test]
     fn url_encoded_listing_keys_decode() {
