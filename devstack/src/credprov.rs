@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 
 use crate::account::{Account, Refusal};
@@ -126,10 +126,7 @@ fn tls_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|x| e(&x))?;
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|x| e(&x))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|x| e(&x))?;
+    let (chain, key) = crate::pki::server_identity(cert_pem, key_pem).map_err(Error::Tls)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|x| e(&x))?

@@ -61,6 +61,30 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// A PEM certificate chain and private key as rustls takes them for a server (both TLS
+/// servers of the devstack use it). The error is the parser's text.
+///
+/// # Errors
+/// The reason the chain or the key cannot be parsed.
+pub fn server_identity(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<
+    (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    String,
+> {
+    use rustls::pki_types::pem::PemObject as _;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok((chain, key))
+}
+
 fn gen<T>(what: &str, r: Result<T, rcgen::Error>) -> Result<T, Error> {
     r.map_err(|source| Error::Generate {
         what: what.to_owned(),

@@ -6,9 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
 use crate::listener::Listener;
 
 /// TLS front failures.
@@ -47,10 +44,7 @@ impl TlsFront {
     ) -> Result<Self, Error> {
         let e = |x: &dyn std::fmt::Display| Error::Tls(x.to_string());
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|x| e(&x))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|x| e(&x))?;
+        let (chain, key) = crate::pki::server_identity(cert_pem, key_pem).map_err(Error::Tls)?;
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|x| e(&x))?

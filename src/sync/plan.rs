@@ -421,7 +421,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The form encoding the devstack's S3 applies with `encoding-type=url` (space as `+`).
+    // The form encoding the devstack's S3 applies with `encoding-type=url` (space as `+`).
     use devstack::s3::form_encode;
 
     #[test]
