@@ -211,18 +211,11 @@ async fn works_in_greengrass_mode() {
 async fn an_hsm_key_checks_and_syncs_through_the_token_exchange_service() {
     let env = Env::default().await;
     env.put("h/a.txt", "via tes").await;
-    let tes = devstack::tes::TokenExchangeService::start(
-        env.stack.account.clone(),
-        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
-        devstack::tes::Nucleus {
-            cert_der: env.stack.device.cert_der.clone(),
-            thing: env.stack.options.thing_name.clone(),
-            role_alias: env.stack.options.role_alias.clone(),
-        },
-        "component-svcuid",
-    )
-    .await
-    .unwrap();
+    let tes = env
+        .stack
+        .start_tes(devstack::tes::Flavor::Classic, 0, "component-svcuid")
+        .await
+        .unwrap();
     let cfg = env.write_config(&env.config("h/", |m| {
         m.insert(
             "privateKeyPath".into(),

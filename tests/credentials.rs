@@ -586,18 +586,10 @@ async fn a_certificate_not_yet_valid_names_the_clock_and_is_retried_soon() {
 }
 
 async fn start_tes(env: &Env, bind_port: u16, token: &str) -> devstack::tes::TokenExchangeService {
-    devstack::tes::TokenExchangeService::start(
-        env.stack.account.clone(),
-        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, bind_port)),
-        devstack::tes::Nucleus {
-            cert_der: env.stack.device.cert_der.clone(),
-            thing: env.stack.options.thing_name.clone(),
-            role_alias: env.stack.options.role_alias.clone(),
-        },
-        token,
-    )
-    .await
-    .unwrap()
+    env.stack
+        .start_tes(devstack::tes::Flavor::Classic, bind_port, token)
+        .await
+        .unwrap()
 }
 
 fn tes_settings(env: &Env, uri: &str, token: &str) -> ProviderSettings {
@@ -677,9 +669,8 @@ async fn nucleus_lite_token_exchange_answers_are_named() {
             env.stack.account.clone(),
             std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             Nucleus {
-                cert_der: env.stack.device.cert_der.clone(),
-                thing: env.stack.options.thing_name.clone(),
                 role_alias: alias.to_owned(),
+                ..env.stack.tes_nucleus()
             },
             "ABCDEFGHIJKLMNOP",
         )

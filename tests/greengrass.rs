@@ -830,18 +830,12 @@ async fn an_hsm_key_syncs_through_the_nucleus_tes_and_the_status_says_so() {
         &json!({"s3EndpointUrl": gg.env.stack.s3.url(), "s3ForcePathStyle": "true"}),
     );
     gg.env.put("h/k.txt", "kept in a TPM").await;
-    let tes = devstack::tes::TokenExchangeService::start(
-        gg.env.stack.account.clone(),
-        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
-        devstack::tes::Nucleus {
-            cert_der: gg.env.stack.device.cert_der.clone(),
-            thing: gg.env.stack.options.thing_name.clone(),
-            role_alias: gg.env.stack.options.role_alias.clone(),
-        },
-        &gg.token,
-    )
-    .await
-    .unwrap();
+    let tes = gg
+        .env
+        .stack
+        .start_tes(devstack::tes::Flavor::Classic, 0, &gg.token)
+        .await
+        .unwrap();
     let uri = tes.uri();
     let mut child = gg.spawn_with(&[
         ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),

@@ -372,19 +372,7 @@ async fn botocore_container_provider_reads_the_devstack_tes() {
     // Lite's SVCUIDs are 16 characters.
     const TOKEN: &str = "svcuid0123456789";
     for flavor in [Flavor::Classic, Flavor::Lite] {
-        let tes = devstack::tes::TokenExchangeService::start_as(
-            flavor,
-            env.stack.account.clone(),
-            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
-            devstack::tes::Nucleus {
-                cert_der: env.stack.device.cert_der.clone(),
-                thing: env.stack.options.thing_name.clone(),
-                role_alias: env.stack.options.role_alias.clone(),
-            },
-            TOKEN,
-        )
-        .await
-        .unwrap();
+        let tes = env.stack.start_tes(flavor, 0, TOKEN).await.unwrap();
         let script = r#"
 import json
 from botocore.credentials import ContainerProvider

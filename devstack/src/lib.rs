@@ -192,6 +192,38 @@ impl DevStack {
         format!("localhost:{}", self.credentials.addr().port())
     }
 
+    /// The stack's device as a nucleus: its certificate, thing and role alias, which a TES
+    /// exchanges.
+    #[must_use]
+    pub fn tes_nucleus(&self) -> tes::Nucleus {
+        tes::Nucleus {
+            cert_der: self.device.cert_der.clone(),
+            thing: self.options.thing_name.clone(),
+            role_alias: self.options.role_alias.clone(),
+        }
+    }
+
+    /// A token exchange service answering as `flavor` on `127.0.0.1:<port>` (0 for any) for
+    /// components holding `token`, exchanging the stack's device.
+    ///
+    /// # Errors
+    /// [`tes::Error::Bind`].
+    pub async fn start_tes(
+        &self,
+        flavor: tes::Flavor,
+        port: u16,
+        token: &str,
+    ) -> Result<tes::TokenExchangeService, tes::Error> {
+        tes::TokenExchangeService::start_as(
+            flavor,
+            self.account.clone(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            self.tes_nucleus(),
+            token,
+        )
+        .await
+    }
+
     /// A component configuration for the default device, syncing `prefix` into `local_dir`.
     #[must_use]
     pub fn component_config(&self, prefix: &str, local_dir: &Path, state_dir: &Path) -> Value {

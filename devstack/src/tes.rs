@@ -164,20 +164,8 @@ fn handle(
 }
 
 impl TokenExchangeService {
-    /// Listens on `bind` (port 0 for any) for components holding `token`.
-    ///
-    /// # Errors
-    /// [`Error::Bind`].
-    pub async fn start(
-        account: Account,
-        bind: SocketAddr,
-        nucleus: Nucleus,
-        token: &str,
-    ) -> Result<Self, Error> {
-        Self::start_as(Flavor::Classic, account, bind, nucleus, token).await
-    }
-
-    /// [`Self::start`], answering as `flavor`'s TES.
+    /// Listens on `bind` (port 0 for any) for components holding `token`, answering as
+    /// `flavor`'s TES.
     ///
     /// # Errors
     /// [`Error::Bind`].
