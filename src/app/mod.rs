@@ -132,6 +132,7 @@ pub async fn run(
         let provider = syncer.credentials().clone();
         let config = config.clone();
         async move {
+            let chosen = provider.source_in_use();
             status::Context::new(
                 Some(&config),
                 None,
@@ -139,12 +140,8 @@ pub async fn run(
             )
             .with_clock_skew(provider.clock_skew_seconds())
             .with_source(
-                provider
-                    .source_in_use()
-                    .map(crate::credentials::Chosen::as_str),
-                provider
-                    .source_in_use()
-                    .and_then(|c| c.role_alias(&config.role_alias, None)),
+                chosen.map(crate::credentials::Chosen::as_str),
+                chosen.and_then(|c| c.role_alias(&config.role_alias, None)),
             )
         }
     };
