@@ -72,6 +72,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "fileMode",
     "dirMode",
     "credentialsSource",
+    "releases",
+    "releaseTopic",
 ];
 
 /// Keys a Greengrass deployment carries that are not the component's settings (the nucleus
@@ -82,6 +84,10 @@ pub const NUCLEUS_KEYS: &[&str] = &["accessControl"];
 pub const DEFAULT_LOCAL_STATUS_TOPIC: &str = "gg-s3-sync/status";
 /// Default `triggerTopic`.
 pub const DEFAULT_TRIGGER_TOPIC: &str = "gg-s3-sync/sync-now";
+/// Default `releaseTopic`: a "release live" document after each switch.
+pub const DEFAULT_RELEASE_TOPIC: &str = "gg-s3-sync/release";
+/// Default `releases.keep`.
+pub const DEFAULT_RELEASES_KEEP: u64 = 3;
 
 /// The default `statusTopic` for a thing.
 #[must_use]
@@ -216,6 +222,31 @@ pub struct Config {
     pub file_mode: Option<u32>,
     /// `dirMode`: permission bits of created folders (`None`: 0777 less the umask).
     pub dir_mode: Option<u32>,
+    /// `releases`: atomic content releases (`None`: files are replaced one by one).
+    pub releases: Option<ReleaseSettings>,
+    /// `releaseTopic` (`None`: disabled): where "release live" documents go.
+    pub release_topic: Option<String>,
+}
+
+/// `releases: {keep, dir}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseSettings {
+    /// Releases kept (the live one included).
+    pub keep: usize,
+    /// The releases folder (default: `.<localDir name>.releases` beside `localDir`).
+    pub dir: PathBuf,
+}
+
+/// The default releases folder: a hidden sibling of `localDir`, so on its file system.
+#[must_use]
+pub fn default_releases_dir(local_dir: &Path) -> PathBuf {
+    let name = local_dir
+        .file_name()
+        .map_or_else(|| "root".into(), |n| n.to_string_lossy().into_owned());
+    local_dir
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(format!(".{name}.releases"))
 }
 
 /// `mqtt`: status over MQTT with the device certificate, for devices without Greengrass.
@@ -377,6 +408,13 @@ impl Config {
             .and_then(|t| r.with_thing_name("statusTopic", t, thing_name.as_deref()));
         let local_status_topic = r.topic("localStatusTopic", true, DEFAULT_LOCAL_STATUS_TOPIC);
         let trigger_topic = r.topic("triggerTopic", false, DEFAULT_TRIGGER_TOPIC);
+        let release_topic = r.topic("releaseTopic", true, DEFAULT_RELEASE_TOPIC);
+        let releases = r.releases(local_dir.as_deref(), state_dir.as_deref(), &mut warnings);
+        // "Release live" documents are only published with releases on.
+        let published_release_topic = match &releases {
+            Some(Some(_)) => release_topic.as_ref(),
+            _ => None,
+        };
 
         let keys = r.string_list("keys");
         let manifest_key = r.optional_str("manifestKey");
@@ -400,7 +438,11 @@ impl Config {
         };
         r.trigger_not_own_status(
             trigger_topic.as_ref(),
-            &[local_status_topic.as_ref(), mqtt_status],
+            &[
+                local_status_topic.as_ref(),
+                mqtt_status,
+                published_release_topic,
+            ],
         );
         let bandwidth_limit = r.number("bandwidthLimitBytesPerSec", 0, 0, 10_000_000_000);
         let ranged_threshold = r
@@ -477,6 +519,8 @@ impl Config {
                 credentials_source: credentials_source?,
                 file_mode: file_mode?,
                 dir_mode: dir_mode?,
+                releases: releases?,
+                release_topic: release_topic?,
             })
         })();
         config
@@ -732,6 +776,108 @@ impl Reader<'_> {
         }
     }
 
+    /// `releases`: absent, `null` or `false` = off; a map `{keep, dir}` = on.
+    fn releases(
+        &mut self,
+        local_dir: Option<&Path>,
+        state_dir: Option<&Path>,
+        warnings: &mut Vec<String>,
+    ) -> Option<Option<ReleaseSettings>> {
+        let map = match self.map.get("releases") {
+            None | Some(Value::Null | Value::Bool(false)) => return Some(None),
+            Some(Value::String(s)) if s.trim().is_empty() => return Some(None),
+            Some(Value::Object(m)) => m.clone(),
+            Some(Value::Bool(true)) => Map::new(),
+            Some(other) => {
+                return self.fail(
+                    "releases",
+                    format!(
+                        "expected a map such as {{\"keep\": 3}}, got {}",
+                        kind(other)
+                    ),
+                )
+            }
+        };
+        for k in map
+            .keys()
+            .filter(|k| !["keep", "dir"].contains(&k.as_str()))
+        {
+            self.fail::<()>(
+                "releases",
+                format!("unknown key '{k}' (expected keep, dir)"),
+            );
+        }
+        let keep = match map.get("keep") {
+            None | Some(Value::Null) => Some(DEFAULT_RELEASES_KEEP),
+            Some(Value::Number(n)) => number_value(n),
+            Some(Value::String(s)) => s.trim().parse().ok(),
+            Some(_) => None,
+        };
+        let keep = match keep {
+            Some(k @ 1..=100) => k,
+            _ => {
+                return self.fail(
+                    "releases.keep",
+                    format!(
+                        "expected a whole number from 1 to 100 (releases kept, the live one included), got {}",
+                        map.get("keep").map_or_else(|| "nothing".into(), ToString::to_string)
+                    ),
+                )
+            }
+        };
+        let local_dir = local_dir?;
+        if local_dir.file_name().is_none() {
+            return self.fail(
+                "localDir",
+                "with releases on, localDir must name a folder (it becomes a link), not a root such as /",
+            );
+        }
+        let dir = match map.get("dir") {
+            None | Some(Value::Null) => default_releases_dir(local_dir),
+            Some(Value::String(s)) if s.trim().is_empty() => default_releases_dir(local_dir),
+            Some(Value::String(s)) => self.base_dir.join(s.trim()),
+            Some(other) => {
+                return self.fail(
+                    "releases.dir",
+                    format!("expected a path, got {}", kind(other)),
+                )
+            }
+        };
+        if lexically_inside(&dir, local_dir) || lexically_inside(local_dir, &dir) {
+            return self.fail(
+                "releases.dir",
+                format!(
+                    "'{}' overlaps localDir '{}': the releases must be beside localDir, which becomes a link to one of them (default: {})",
+                    dir.display(),
+                    local_dir.display(),
+                    default_releases_dir(local_dir).display()
+                ),
+            );
+        }
+        if let Some(state) = state_dir.filter(|s| lexically_inside(s, &dir)) {
+            return self.fail(
+                "stateDir",
+                format!(
+                    "'{}' is inside releases.dir '{}', whose folders are removed as releases age; choose a folder outside it",
+                    state.display(),
+                    dir.display()
+                ),
+            );
+        }
+        if matches!(self.map.get("deleteExtraneous"), Some(Value::Bool(false)))
+            || matches!(self.map.get("deleteExtraneous"), Some(Value::String(s)) if s.trim() == "false")
+        {
+            warnings.push(
+                "deleteExtraneous: false is ignored with releases on: a release holds exactly the objects of its pass"
+                    .into(),
+            );
+        }
+        Some(Some(ReleaseSettings {
+            keep: usize::try_from(keep).ok()?,
+            dir,
+        }))
+    }
+
     /// A topic: absent = `default`, "" = disabled (`Some(None)`), else validated.
     fn topic(&mut self, key: &str, publish: bool, default: &str) -> Option<Option<String>> {
         let raw = match self.map.get(key) {
@@ -805,7 +951,7 @@ impl Reader<'_> {
             if crate::topic::matches(filter, topic) {
                 self.fail::<()>(
                     "triggerTopic",
-                    format!("'{filter}' matches the status topic '{topic}', so every status document would start another pass; use a topic of its own (default '{DEFAULT_TRIGGER_TOPIC}')"),
+                    format!("'{filter}' matches the status topic '{topic}' (a topic this component publishes on), so every document it publishes would start another pass; use a topic of its own (default '{DEFAULT_TRIGGER_TOPIC}')"),
                 );
                 return;
             }
@@ -1262,6 +1408,82 @@ mod tests {
     }
 
     #[test]
+    fn releases_are_opt_in_beside_local_dir_and_checked() {
+        let c = ok(&base()).config;
+        assert_eq!(c.releases, None);
+        let c = ok(&with("releases", json!({"keep": 2}))).config;
+        assert_eq!(
+            c.releases,
+            Some(ReleaseSettings {
+                keep: 2,
+                dir: PathBuf::from("/var/lib/.sync.releases")
+            })
+        );
+        assert_eq!(c.release_topic.as_deref(), Some(DEFAULT_RELEASE_TOPIC));
+        assert_eq!(
+            ok(&with("releases", json!({})))
+                .config
+                .releases
+                .unwrap()
+                .keep,
+            3
+        );
+        assert_eq!(
+            ok(&with("releases", json!({"keep": "5"})))
+                .config
+                .releases
+                .unwrap()
+                .keep,
+            5
+        );
+        assert_eq!(ok(&with("releases", json!(false))).config.releases, None);
+        for bad in [
+            json!({"keep": 0}),
+            json!({"keep": 101}),
+            json!({"keep": "x"}),
+            json!({"keep": 1.5}),
+        ] {
+            assert_eq!(
+                err(&with("releases", bad.clone()))[0].key,
+                "releases.keep",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            err(&with("releases", json!({"kept": 2})))[0].key,
+            "releases"
+        );
+        assert_eq!(err(&with("releases", json!(3)))[0].key, "releases");
+        for inside in ["/var/lib/sync/r", "/var/lib/sync", "/var"] {
+            let e = err(&with("releases", json!({"dir": inside})));
+            assert_eq!(e[0].key, "releases.dir", "{inside}");
+            assert!(
+                e[0].problem.contains("overlaps localDir"),
+                "{}",
+                e[0].problem
+            );
+        }
+        let mut v = with("releases", json!({"dir": "/data/rel"}));
+        v["stateDir"] = json!("/data/rel/state");
+        assert_eq!(err(&v)[0].key, "stateDir");
+        let mut v = with("releases", json!({}));
+        v["deleteExtraneous"] = json!(false);
+        let p = ok(&v);
+        assert!(
+            p.warnings.iter().any(|w| w.contains("deleteExtraneous")),
+            "{:?}",
+            p.warnings
+        );
+        // The release topic only matters to the trigger when releases are on.
+        let mut v = with("triggerTopic", json!("gg-s3-sync/release"));
+        assert!(Config::from_value(&v, Path::new("/"), Path::new("/")).is_ok());
+        v["releases"] = json!({});
+        assert_eq!(err(&v)[0].key, "triggerTopic");
+        v["releaseTopic"] = json!("");
+        assert_eq!(ok(&v).config.release_topic, None);
+    }
+
+    #[test]
     fn a_trigger_that_matches_the_status_topic_is_refused() {
         let mut v = with("triggerTopic", json!("gg-s3-sync/#"));
         let e = err(&v);
@@ -1273,7 +1495,8 @@ mod tests {
         );
         // With local status off, and outside MQTT mode, the IoT Core statusTopic is another bus.
         v["localStatusTopic"] = json!("");
-        assert!(Config::from_value(&v, Path::new("/"), Path::new("/")).is_ok());
+        let r = Config::from_value(&v, Path::new("/"), Path::new("/"));
+        assert!(r.is_ok(), "{r:?}");
         v["mqtt"] = json!({"endpoint": "broker.example.com"});
         assert_eq!(err(&v)[0].key, "triggerTopic");
     }

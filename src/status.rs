@@ -292,6 +292,7 @@ mod tests {
             skipped_keys: Vec::new(),
             truncated: false,
             planned: None,
+            release: None,
         }
     }
 

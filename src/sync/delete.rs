@@ -18,9 +18,13 @@ impl Syncer {
     ) -> Result<(), Error> {
         let prefix = self.settings.prefix.clone();
         let filter = self.settings.filter.clone();
+        // With releases, a release holds what the filters admit now: nothing is protected.
+        let releases = self.settings.releases.is_some();
         let protected = |key: &str| {
-            key.strip_prefix(prefix.as_str())
-                .is_none_or(|rel| !filter.allows(rel))
+            !releases
+                && key
+                    .strip_prefix(prefix.as_str())
+                    .is_none_or(|rel| !filter.allows(rel))
         };
         let decision = plan::plan_deletions(
             self.state.keys(),
@@ -38,6 +42,9 @@ impl Syncer {
             tracing::error!("{message}");
             summary.refuse_deletions(would as u64, message);
             return Ok(());
+        }
+        if releases && !dry_run && !decision.delete.is_empty() {
+            self.ensure_staging()?;
         }
         for key in decision.delete {
             let Some(recorded) = self.state.get(&key) else {

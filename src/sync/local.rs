@@ -98,6 +98,12 @@ fn errno(e: rustix::io::Errno) -> io::Error {
     e.into()
 }
 
+impl std::os::fd::AsFd for Folder {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Folder {
     /// Opens `localDir` itself. The configured path may be a symlink (the user chose it);
     /// nothing below it may.
@@ -374,7 +380,9 @@ impl Folder {
     /// # Errors
     /// [`Error::Io`].
     pub fn entries(&self) -> Result<Vec<(String, bool, bool)>, Error> {
-        let dup = rustix::io::fcntl_dupfd_cloexec(&*self.fd, 0)
+        // A new open file description ("."), not a dup: a dup shares the read position, so a
+        // second listing of the same folder would start at the end and see nothing.
+        let dup = rustix::fs::openat(&*self.fd, ".", DIR_FLAGS, Mode::empty())
             .map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
         let mut dir =
             rustix::fs::Dir::new(dup).map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
@@ -695,6 +703,19 @@ mod tests {
 
     fn open(root: &tempfile::TempDir) -> Folder {
         Folder::open_root(root.path()).unwrap()
+    }
+
+    #[test]
+    fn a_folder_can_be_listed_twice() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("a"), b"x").unwrap();
+        let f = open(&root);
+        assert_eq!(f.entries().unwrap().len(), 1);
+        assert_eq!(
+            f.entries().unwrap().len(),
+            1,
+            "the second listing starts at the top"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - `summary`: what a pass did, capped for every sink.
 //! - `manifest`: fetching and caching `manifestKey`.
 //! - `delete`: carrying out `deleteExtraneous`.
+//! - `release`: the releases folder (`releases` on); `staged`: a pass that builds a release.
 
 mod delete;
 mod download;
@@ -20,7 +21,9 @@ pub mod filter;
 pub mod local;
 pub mod manifest;
 pub mod plan;
+pub mod release;
 pub mod s3;
+mod staged;
 pub mod state;
 pub mod summary;
 
@@ -40,8 +43,9 @@ use download::{download_with_retries, Hooks, Job, Outcome};
 use filter::Filter;
 use plan::{Action, KeyVerdict, RelPath};
 use s3::{S3Settings, Source};
+pub use staged::describe as describe_releases;
 use state::StateStore;
-pub use summary::{KeyProblem, PlannedAction, Summary};
+pub use summary::{KeyProblem, PlannedAction, ReleaseInfo, ReleaseReport, Summary};
 
 /// Sync failures.
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +214,9 @@ pub enum Error {
     /// Local file system.
     #[error("local file system")]
     Local(#[from] local::Error),
+    /// The releases folder.
+    #[error("releases")]
+    Release(#[from] release::Error),
     /// State store.
     #[error("sync state")]
     State(#[from] state::Error),
@@ -252,6 +259,12 @@ impl Error {
             Self::Manifest { .. } => "ManifestInvalid",
             Self::DiskFull { .. } => "DiskFull",
             Self::Local(_) => "LocalFileError",
+            Self::Release(e) => match e {
+                release::Error::OtherFileSystem { .. } => "ReleasesDirInvalid",
+                release::Error::LocalDirTaken { .. } => "LocalDirTaken",
+                release::Error::UnknownRelease { .. } => "UnknownRelease",
+                release::Error::Io { .. } | release::Error::Local(_) => "LocalFileError",
+            },
             Self::State(_) => "StateError",
             Self::Cancelled => "Cancelled",
         }
@@ -287,6 +300,8 @@ pub struct SyncSettings {
     pub ranged_threshold: u64,
     /// `fileMode` / `dirMode`.
     pub modes: local::Modes,
+    /// `releases` (`None`: files are replaced one by one in `localDir`).
+    pub releases: Option<crate::config::ReleaseSettings>,
 }
 
 impl From<&Config> for SyncSettings {
@@ -305,7 +320,8 @@ impl From<&Config> for SyncSettings {
             state_dir: c.state_dir.clone(),
             source: c.source.clone(),
             filter: Filter::new(&c.include, &c.exclude),
-            delete_extraneous: c.delete_extraneous,
+            // A release holds exactly the objects of its pass.
+            delete_extraneous: c.delete_extraneous || c.releases.is_some(),
             max_delete_percent: c.max_delete_percent,
             bandwidth_limit: c.bandwidth_limit,
             modes: local::Modes {
@@ -313,6 +329,7 @@ impl From<&Config> for SyncSettings {
                 dir: c.dir_mode,
             },
             ranged_threshold: c.ranged_threshold,
+            releases: c.releases.clone(),
         }
     }
 }
@@ -353,6 +370,14 @@ pub struct Syncer {
     /// On a case-insensitive `localDir`: this pass's paths, case-folded, and the key of each.
     case_folded: Option<std::collections::HashMap<String, String>>,
     hooks: Hooks,
+    /// With `releases` on: the releases folder, once opened.
+    releases: Option<release::Releases>,
+    /// Where this pass reads and writes, with `releases` on.
+    release_pass: staged::ReleasePass,
+    /// The release the state store describes (`None`: a staging folder, or not known yet).
+    state_release: Option<String>,
+    /// The SHA-256 of the manifest when every entry of it is pinned (the release id uses it).
+    pinned_manifest: Option<String>,
 }
 
 /// Receives progress while a pass runs (e.g. a terminal progress bar).
@@ -425,6 +450,10 @@ impl Syncer {
                 credentials: credentials.clone(),
             },
             credentials,
+            releases: None,
+            release_pass: staged::ReleasePass::default(),
+            state_release: None,
+            pinned_manifest: None,
         }
     }
 
@@ -473,10 +502,19 @@ impl Syncer {
         let started = self.clock.monotonic();
         let mut summary = Summary::new(rfc3339(self.clock.now()), dry_run);
         // One writer at a time, for the whole pass (a dry run writes nothing).
+        let releases = self.settings.releases.is_some();
         let _lock = if dry_run {
             // Read only: the folder is looked at if it exists, never created.
-            self.root = local::Folder::open_root(&self.settings.local_dir).ok();
+            self.root = if releases {
+                self.release_dry_root()
+            } else {
+                local::Folder::open_root(&self.settings.local_dir).ok()
+            };
             None
+        } else if releases {
+            let lock = off_runtime(|| self.prepare_release())?;
+            off_runtime(|| self.sweep_once())?;
+            Some(lock)
         } else {
             self.prepare_local_dir()?;
             let lock =
@@ -528,6 +566,9 @@ impl Syncer {
         if !dry_run {
             // fsync, and now and then a compaction: not on a runtime thread.
             off_runtime(|| self.state.commit())?;
+            if releases {
+                summary.release = Some(off_runtime(|| self.finish_release(&summary))?);
+            }
         }
         summary.finished_at = rfc3339(self.clock.now());
         summary.duration_ms = u64::try_from(
@@ -742,6 +783,9 @@ impl Syncer {
                 Job::Listed { remote, .. } => remote.size,
                 Job::Unlisted { .. } => 0,
             });
+        }
+        if self.settings.releases.is_some() {
+            off_runtime(|| self.ensure_staging())?;
         }
         let root = self.root.clone().ok_or_else(|| local::Error::Io {
             action: "open",

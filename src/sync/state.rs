@@ -254,6 +254,36 @@ impl StateStore {
         self.entries.is_empty()
     }
 
+    /// Every record (for a release's record of its files).
+    #[must_use]
+    pub fn records(&self) -> Vec<(String, Recorded)> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.to_string(), e.recorded()))
+            .collect()
+    }
+
+    /// Replaces every record with `records` (the files of the release now live) and rewrites
+    /// the log as one durable snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the snapshot cannot be written.
+    pub fn replace_all(&mut self, records: Vec<(String, Recorded)>) -> Result<(), Error> {
+        self.entries = records
+            .into_iter()
+            .map(|(k, r)| (k.into_boxed_str(), Entry::new(&r)))
+            .collect();
+        if let Some(log) = self.log.as_mut() {
+            log.flush().map_err(|source| Error::Io {
+                action: "flush",
+                path: self.path.clone(),
+                source,
+            })?;
+            self.compact()?;
+        }
+        Ok(())
+    }
+
     /// Records that `key` was written; call after the file is in place.
     ///
     /// # Errors

@@ -56,6 +56,37 @@ pub struct PlannedAction {
     pub reason: String,
 }
 
+/// One release, as status documents show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseInfo {
+    /// Release id (its folder's name).
+    pub id: String,
+    /// SHA-256 over its objects (key, content id, size).
+    pub tree_digest: String,
+    /// Files.
+    pub files: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// When it went live (RFC 3339); when it was built, if the switch was not recorded.
+    pub live_at: String,
+}
+
+/// Releases after a pass.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseReport {
+    /// The release `localDir` points at.
+    pub live: Option<ReleaseInfo>,
+    /// The one live before it, if kept.
+    pub previous: Option<ReleaseInfo>,
+    /// Whether this pass switched to a new release.
+    pub switched: bool,
+    /// Why staged changes did not go live (failures, a rollback's hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
 /// What a pass did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -92,6 +123,9 @@ pub struct Summary {
     pub skipped_keys: Vec<KeyProblem>,
     /// Whether a list holds fewer entries than its total, or a key or message was shortened.
     pub truncated: bool,
+    /// With `releases` on: the live release, the previous one, and whether this pass switched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseReport>,
     /// Dry runs only: what a real pass would do. `None` in real passes, so nothing is recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned: Option<Vec<PlannedAction>>,
@@ -119,6 +153,7 @@ impl Summary {
             skipped_keys: Vec::new(),
             truncated: false,
             planned: dry_run.then(Vec::new),
+            release: None,
         }
     }
 

