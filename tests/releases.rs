@@ -204,3 +204,149 @@ async fn a_failed_pass_never_switches_and_the_next_pass_reuses_what_was_staged()
         (&b"model v2"[..], &b"labels v2"[..])
     );
 }
+
+/// Every file of release `n`: the same set of paths, each naming `n`, of varied sizes.
+const SET: [&str; 4] = [
+    "model.bin",
+    "labels.txt",
+    "cfg/site.json",
+    "cfg/deep/t.html",
+];
+
+fn body(n: u64, path: &str) -> Vec<u8> {
+    let mut b = format!("{n}\n{path}\n").into_bytes();
+    let extra = (n as usize * 977 + path.len() * 131) % 20_000;
+    b.extend(std::iter::repeat_n(b'.', extra));
+    b
+}
+
+async fn publish(env: &Env, prefix: &str, n: u64) {
+    for p in SET {
+        env.put(&format!("{prefix}{p}"), body(n, p)).await;
+    }
+}
+
+/// Reads the whole tree the way docs/releases.md tells readers to: open `localDir/` once and
+/// read relative to it. Returns the release number every file names, or what was wrong.
+fn snapshot(local: &Path) -> Result<Option<u64>, String> {
+    let Ok(dir) = std::fs::File::open(local) else {
+        return Ok(None); // before the first release
+    };
+    let base = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir));
+    let mut seen = None;
+    for p in SET {
+        let data = std::fs::read(format!("{base}/{p}")).map_err(|e| format!("{p}: {e}"))?;
+        let n: u64 = String::from_utf8_lossy(&data)
+            .lines()
+            .next()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| format!("{p}: unreadable"))?;
+        if data != body(n, p) {
+            return Err(format!("{p}: not the whole body of release {n}"));
+        }
+        match seen {
+            None => seen = Some(n),
+            Some(m) if m == n => {}
+            Some(m) => return Err(format!("{p} is from release {n}, another file from {m}")),
+        }
+    }
+    let extra = tree(local).len();
+    if extra != SET.len() {
+        return Err(format!("{extra} files, expected {}", SET.len()));
+    }
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_sees_exactly_one_release_across_fifty_switches() {
+    let env = Env::default().await;
+    let cfg = env.write_config(&env.config("r/", with_releases(3)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (local, stop) = (env.local.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut snapshots, mut releases) = (0u64, std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match snapshot(&local) {
+                    Ok(Some(n)) => {
+                        snapshots += 1;
+                        releases.insert(n);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((snapshots, releases))
+        })
+    };
+    const SWITCHES: u64 = 50;
+    for n in 1..=SWITCHES {
+        publish(&env, "r/", n).await;
+        let s = run_async(once_args(&cfg)).await.assert_ok();
+        assert_eq!(s["release"]["switched"], true, "pass {n}: {s}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (snapshots, releases) = reader
+        .join()
+        .unwrap()
+        .expect("every snapshot is one release");
+    assert_eq!(snapshot(&env.local).unwrap(), Some(SWITCHES));
+    // The reader really read while releases switched under it.
+    assert!(
+        releases.len() >= 10,
+        "reader saw {} releases in {snapshots} snapshots",
+        releases.len()
+    );
+    assert!(release_ids(&env).len() <= 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_while_building_or_switching_leaves_a_complete_release() {
+    let env = Env::default().await;
+    let cfg = env.write_config(&env.config("r/", |m| {
+        m.insert("releases".into(), json!({ "keep": 2 }));
+        m.insert("maxConcurrency".into(), json!(2));
+    }));
+    publish(&env, "r/", 0).await;
+    run_async(once_args(&cfg)).await.assert_ok();
+    // Slow enough that kills land in downloading, sealing and switching alike.
+    env.stack
+        .s3
+        .set_get_delay(std::time::Duration::from_millis(15));
+    publish(&env, "r/", 1).await;
+    let timed = std::time::Instant::now();
+    run_async(once_args(&cfg)).await.assert_ok();
+    let pass = timed.elapsed();
+    const RUNS: u64 = 24;
+    let mut outcomes = std::collections::BTreeMap::<&str, u32>::new();
+    for k in 2..=RUNS + 1 {
+        let before = snapshot(&env.local).unwrap().expect("a live release");
+        publish(&env, "r/", k).await;
+        let mut child = std::process::Command::new(common::bin())
+            .args(once_args(&cfg))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let at = pass.mul_f64(fastrand::f64() * 1.5);
+        tokio::time::sleep(at).await;
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let after =
+            snapshot(&env.local).unwrap_or_else(|e| panic!("run {k}, killed at {at:?}: {e}"));
+        let after = after.expect("localDir still resolves");
+        assert!(
+            after == before || after == k,
+            "run {k}: release {after}, expected {before} or {k}"
+        );
+        *outcomes
+            .entry(if after == k { "new" } else { "old" })
+            .or_default() += 1;
+    }
+    // Whatever was left, the next pass completes and switches to the newest content.
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(snapshot(&env.local).unwrap(), Some(RUNS + 1), "{s}");
+    assert!(!releases_dir(&env).join(".staging").exists());
+    assert!(release_ids(&env).len() <= 2, "{:?}", release_ids(&env));
+    eprintln!("kill -9 outcomes over {RUNS} runs (pass {pass:?}): {outcomes:?}");
+}
