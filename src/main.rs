@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use gg_s3_sync::app::greengrass;
 use gg_s3_sync::config::Config;
-use gg_s3_sync::sync::{chain, Error as SyncError, Summary};
+use gg_s3_sync::sync::{chain, Error as SyncError, Summary, SyncSettings};
 use gg_s3_sync::{app, check, clock};
 
 /// Keep a local folder in sync with an S3 prefix, authenticated by an AWS IoT device certificate.
@@ -72,6 +72,25 @@ enum Command {
         /// Print what would be downloaded, deleted and skipped, and change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// List the kept releases (with `releases` on): id, live or not, files, bytes, digest.
+    Releases {
+        /// Configuration file (YAML or JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch localDir to a kept release at once (default: the one live before the current
+    /// one). Later passes do not switch forward again until the content in S3 changes.
+    Rollback {
+        /// Configuration file (YAML or JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// The release id to go back to (see `releases`).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -225,6 +244,62 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 app::once(&config, clock, &cancel, dry_run).await,
                 json,
             ))
+        }
+        Command::Releases { config, json } => Ok(list_releases(&load(&config)?, json)),
+        Command::Rollback { config, to } => Ok(rollback(&load(&config)?, to.as_deref())),
+    }
+}
+
+fn list_releases(config: &Config, json: bool) -> ExitCode {
+    match gg_s3_sync::sync::list_releases(&SyncSettings::from(config)) {
+        Ok(list) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(list) => {
+            if list.is_empty() {
+                println!("no releases yet");
+            }
+            for r in &list {
+                println!(
+                    "{} {:<24} {:>7} files {:>12} bytes  {}  built {}",
+                    if r.live { "*" } else { " " },
+                    r.id,
+                    r.files,
+                    r.bytes,
+                    r.tree_digest.get(..16).unwrap_or("(no record)"),
+                    r.created_at
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            fatal(&format!("{} ({})", chain(&e), e.code()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rollback(config: &Config, to: Option<&str>) -> ExitCode {
+    let now = gg_s3_sync::credentials::rfc3339(clock::system().now());
+    match gg_s3_sync::sync::rollback(&SyncSettings::from(config), to, &now) {
+        Ok(r) if r.from == r.to => {
+            println!("{} is already live", r.to);
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            println!(
+                "rolled back: {} -> {} (passes keep {} live until the content in S3 changes)",
+                r.from, r.to, r.to
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            fatal(&format!("{} ({})", chain(&e), e.code()));
+            ExitCode::FAILURE
         }
     }
 }

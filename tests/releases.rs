@@ -351,3 +351,78 @@ async fn kill_9_while_building_or_switching_leaves_a_complete_release() {
     assert!(release_ids(&env).len() <= 2, "{:?}", release_ids(&env));
     eprintln!("kill -9 outcomes over {RUNS} runs (pass {pass:?}): {outcomes:?}");
 }
+
+fn cli(args: &[&str]) -> common::Run {
+    common::run(args)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_by_command_holds_until_the_content_changes() {
+    let env = Env::default().await;
+    let cfg = env.write_config(&env.config("r/", with_releases(3)));
+    let cfg_s = cfg.to_str().unwrap();
+    publish(&env, "r/", 1).await;
+    run_async(once_args(&cfg)).await.assert_ok();
+    let first = live(&env);
+    publish(&env, "r/", 2).await;
+    run_async(once_args(&cfg)).await.assert_ok();
+    let second = live(&env);
+
+    let listed = cli(&["releases", "--json", "--config", cfg_s]);
+    assert_eq!(listed.code(), Some(0), "{}", listed.stderr());
+    let list: Value = serde_json::from_str(&listed.stdout()).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[1]["id"], second.as_str());
+    assert_eq!(list[1]["live"], true);
+    assert_eq!(list[0]["files"], SET.len() as u64);
+
+    let r = cli(&["rollback", "--config", cfg_s]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert!(
+        r.stdout().contains(&format!("{second} -> {first}")),
+        "{}",
+        r.stdout()
+    );
+    assert_eq!(live(&env), first);
+    assert_eq!(snapshot(&env.local).unwrap(), Some(1));
+
+    // S3 still holds release 2's content: passes keep the rollback.
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], false, "{s}");
+    assert!(
+        s["release"]["pending"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{s}"
+    );
+    assert_eq!(s["release"]["live"]["id"], first.as_str(), "{s}");
+    let gets = env.stack.s3.get_count();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], false, "{s}");
+    assert_eq!(
+        env.stack.s3.get_count(),
+        gets,
+        "a held pass fetches nothing again"
+    );
+    assert_eq!(snapshot(&env.local).unwrap(), Some(1));
+
+    // New content ends the hold.
+    publish(&env, "r/", 3).await;
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    assert_eq!(snapshot(&env.local).unwrap(), Some(3));
+
+    // By id; an unknown id names what is kept.
+    let r = cli(&["rollback", "--config", cfg_s, "--to", &second]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert_eq!(snapshot(&env.local).unwrap(), Some(2));
+    let r = cli(&["rollback", "--config", cfg_s, "--to", "000099-tdead"]);
+    assert_eq!(r.code(), Some(1));
+    assert!(
+        r.stderr().contains("not kept") && r.stderr().contains(&first),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(snapshot(&env.local).unwrap(), Some(2));
+}

@@ -43,7 +43,9 @@ use download::{download_with_retries, Hooks, Job, Outcome};
 use filter::Filter;
 use plan::{Action, KeyVerdict, RelPath};
 use s3::{S3Settings, Source};
-pub use staged::describe as describe_releases;
+pub use staged::{
+    describe as describe_releases, list as list_releases, rollback, KeptRelease, RolledBack,
+};
 use state::StateStore;
 pub use summary::{KeyProblem, PlannedAction, ReleaseInfo, ReleaseReport, Summary};
 

@@ -275,3 +275,148 @@ pub fn describe(rel: &Releases) -> Result<(Option<ReleaseInfo>, Option<ReleaseIn
         .and_then(info);
     Ok((live.as_deref().and_then(info), previous))
 }
+
+/// A kept release, as `gg-s3-sync releases` lists it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptRelease {
+    /// Release id.
+    pub id: String,
+    /// Whether `localDir` points at it.
+    pub live: bool,
+    /// Its tree digest (empty if its record is missing).
+    pub tree_digest: String,
+    /// Files.
+    pub files: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// When it was built.
+    pub created_at: String,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The release live before.
+    pub from: String,
+    /// The release live now.
+    pub to: String,
+}
+
+fn open_for(settings: &super::SyncSettings) -> Result<Releases, Error> {
+    let cfg = settings.releases.as_ref().ok_or_else(|| {
+        Error::Release(release::Error::UnknownRelease {
+            id: String::new(),
+            releases: settings.local_dir.clone(),
+            kept: vec!["(releases are off: set releases: {keep: N} in the configuration)".into()],
+        })
+    })?;
+    Ok(Releases::open(
+        &settings.local_dir,
+        &cfg.dir,
+        cfg.keep,
+        settings.modes,
+    )?)
+}
+
+/// The kept releases, oldest first.
+///
+/// # Errors
+/// Releases off, or I/O.
+pub fn list(settings: &super::SyncSettings) -> Result<Vec<KeptRelease>, Error> {
+    let rel = open_for(settings)?;
+    let live = rel.live_id()?;
+    Ok(rel
+        .ids()
+        .into_iter()
+        .map(|id| {
+            let meta = rel.meta(&id);
+            KeptRelease {
+                live: live.as_deref() == Some(id.as_str()),
+                tree_digest: meta
+                    .as_ref()
+                    .map(|m| m.tree_digest.clone())
+                    .unwrap_or_default(),
+                files: meta.as_ref().map_or(0, |m| m.files),
+                bytes: meta.as_ref().map_or(0, |m| m.bytes),
+                created_at: meta.map(|m| m.created_at).unwrap_or_default(),
+                id,
+            }
+        })
+        .collect())
+}
+
+/// Points `localDir` at a kept release (`to`, or the one live before the current one) with one
+/// rename, and records a hold: passes do not switch back to the content rolled back from until
+/// the source changes. A staging folder is dropped. Takes the instance lock, so it waits for
+/// no pass: a running pass makes it fail with the holder's PID.
+///
+/// # Errors
+/// Releases off, [`release::Error::UnknownRelease`], the lock, or I/O.
+pub fn rollback(
+    settings: &super::SyncSettings,
+    to: Option<&str>,
+    now: &str,
+) -> Result<RolledBack, Error> {
+    let rel = open_for(settings)?;
+    let state_path = settings.state_dir.join(settings.state_file_name());
+    let _lock = InstanceLock::acquire(rel.path(), &state_path)?;
+    let live = rel.live_id()?.ok_or_else(|| {
+        Error::Release(release::Error::UnknownRelease {
+            id: to.unwrap_or("(previous)").to_owned(),
+            releases: rel.path().to_owned(),
+            kept: rel.ids(),
+        })
+    })?;
+    let kept = rel.ids();
+    let target = match to {
+        Some(id) => id.to_owned(),
+        None => {
+            // The release live before this one, else the newest older one.
+            let switches = rel.switches();
+            switches
+                .iter()
+                .rev()
+                .map(|s| s.id.clone())
+                .find(|id| *id != live && kept.contains(id))
+                .or_else(|| {
+                    kept.iter()
+                        .rev()
+                        .find(|id| decide::seq_of(id) < decide::seq_of(&live))
+                        .cloned()
+                })
+                .ok_or_else(|| {
+                    Error::Release(release::Error::UnknownRelease {
+                        id: "(previous)".into(),
+                        releases: rel.path().to_owned(),
+                        kept: kept.clone(),
+                    })
+                })?
+        }
+    };
+    if target == live {
+        return Ok(RolledBack {
+            from: live,
+            to: target,
+        });
+    }
+    rel.open_release(&target)?;
+    if rel.meta(&target).is_none() {
+        return Err(Error::Release(release::Error::UnknownRelease {
+            id: format!("{target} (its record {target}.json is missing)"),
+            releases: rel.path().to_owned(),
+            kept,
+        }));
+    }
+    let hold = rel.meta(&live).map(|m| release::Hold {
+        digest: m.tree_digest,
+        to: target.clone(),
+    });
+    rel.remove_staging()?;
+    rel.switch(&target, now, hold)?;
+    tracing::info!(from = %live, to = %target, "rolled back");
+    Ok(RolledBack {
+        from: live,
+        to: target,
+    })
+}
