@@ -409,3 +409,79 @@ except Exception as e:
         tes.stop().await;
     }
 }
+
+/// boto3 against the devstack's object versions (what pinned manifest entries read): the exact
+/// version's bytes with its id, 404 NoSuchVersion for a missing one, and AccessDenied without
+/// s3:GetObjectVersion.
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_reads_object_versions_as_s3_serves_them() {
+    let o = Options::default();
+    let env = Env::start(Options {
+        policy: Policy::read_versions(&o.bucket),
+        ..o
+    })
+    .await;
+    let b = env.bucket().to_owned();
+    let v1 = env
+        .stack
+        .s3
+        .put_object_version(&b, "v/m.bin", "one")
+        .await
+        .unwrap();
+    env.stack
+        .s3
+        .put_object_version(&b, "v/m.bin", "two")
+        .await
+        .unwrap();
+    let probe = |env: &Env, c: &devstack::account::Issued| {
+        let out = Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/py/boto3_versions.py"
+            ))
+            .args([
+                env.stack.s3.url().as_str(),
+                env.bucket(),
+                "v/m.bin",
+                v1.as_str(),
+            ])
+            .env("AWS_ACCESS_KEY_ID", &c.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &c.secret_access_key)
+            .env("AWS_SESSION_TOKEN", &c.session_token)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("python with boto3 (run scripts/test)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let v = tokio::task::block_in_place(|| probe(&env, &env.session()));
+    assert_eq!(v["current"]["body"], "two", "{v}");
+    assert_eq!(
+        v["pinned"],
+        serde_json::json!({"body": "one", "version": v1}),
+        "{v}"
+    );
+    assert_eq!(
+        v["missing"],
+        serde_json::json!({"error": "NoSuchVersion", "status": 404}),
+        "{v}"
+    );
+
+    // The same bucket through a role with s3:GetObject only.
+    env.stack.account.put_alias(
+        &env.stack.options.role_alias,
+        devstack::RoleAlias {
+            duration: std::time::Duration::from_secs(3600),
+            role: Some(devstack::Role::new(Policy::read_bucket(&b))),
+        },
+    );
+    let v = tokio::task::block_in_place(|| probe(&env, &env.session()));
+    assert_eq!(v["current"]["body"], "two", "{v}");
+    assert_eq!(v["pinned"]["error"], "AccessDenied", "{v}");
+}

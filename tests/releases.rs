@@ -426,3 +426,186 @@ async fn rollback_by_command_holds_until_the_content_changes() {
     );
     assert_eq!(snapshot(&env.local).unwrap(), Some(2));
 }
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn versioned_env(policy: impl FnOnce(&str) -> devstack::Policy) -> Env {
+    let mut o = devstack::Options::default();
+    o.policy = policy(&o.bucket);
+    Env::start(o).await
+}
+
+fn pinned(key: &str, version: &str, data: &[u8]) -> Value {
+    json!({"key": key, "versionId": version, "sha256": sha256(data), "size": data.len()})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_manifest_is_the_release_and_an_older_one_rolls_back() {
+    let env = versioned_env(devstack::Policy::read_versions).await;
+    let s3 = &env.stack.s3;
+    let b = env.bucket().to_owned();
+    let m1 = s3
+        .put_object_version(&b, "p/model.bin", "model one")
+        .await
+        .unwrap();
+    let l1 = s3
+        .put_object_version(&b, "p/labels.txt", "labels one")
+        .await
+        .unwrap();
+    let m2 = s3
+        .put_object_version(&b, "p/model.bin", "model two!")
+        .await
+        .unwrap();
+    let l2 = s3
+        .put_object_version(&b, "p/labels.txt", "labels two")
+        .await
+        .unwrap();
+    let v1 = json!([
+        pinned("p/model.bin", &m1, b"model one"),
+        pinned("p/labels.txt", &l1, b"labels one")
+    ]);
+    let v2 = json!([
+        pinned("p/model.bin", &m2, b"model two!"),
+        pinned("p/labels.txt", &l2, b"labels two")
+    ]);
+    env.put("manifests/current.json", v1.to_string()).await;
+    let cfg = env.write_config(&env.config("p/", |m| {
+        m.insert("releases".into(), json!({"keep": 5}));
+        m.insert("manifestKey".into(), json!("manifests/current.json"));
+    }));
+
+    // The exact versions, although newer ones are current.
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["downloaded"], 2, "{s}");
+    let t = tree(&env.local);
+    assert_eq!(
+        (t["model.bin"].as_slice(), t["labels.txt"].as_slice()),
+        (&b"model one"[..], &b"labels one"[..])
+    );
+    let first = live(&env);
+    let manifest_part = &sha256(v1.to_string().as_bytes())[..12];
+    assert!(
+        first.ends_with(&format!("-m{manifest_part}")),
+        "{first}: the id names the manifest's digest"
+    );
+
+    // Nothing changed: only the manifest's conditional GET, no object request at all.
+    let gets = s3.get_count();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(
+        (s["unchanged"].as_u64(), s["release"]["switched"].as_bool()),
+        (Some(2), Some(false)),
+        "{s}"
+    );
+    assert_eq!(s3.get_count() - gets, 1);
+
+    env.put("manifests/current.json", v2.to_string()).await;
+    run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(tree(&env.local)["model.bin"], b"model two!");
+    let second = live(&env);
+
+    // A wrong digest fails the release; nothing switches.
+    let mut bad = v1.clone();
+    bad[0]["sha256"] = json!(sha256(b"something else"));
+    env.put("manifests/current.json", bad.to_string()).await;
+    let run = run_async(once_args(&cfg)).await;
+    assert_eq!(run.code(), Some(1));
+    let s = run.summary();
+    assert_eq!(s["failures"][0]["code"], "ChecksumMismatch", "{s}");
+    assert!(
+        s["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SHA-256"),
+        "{s}"
+    );
+    assert_eq!(s["release"]["switched"], false);
+    assert_eq!(live(&env), second);
+
+    // Publishing the older manifest rolls back to its bytes, under an id with its digest.
+    env.put("manifests/current.json", v1.to_string()).await;
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    let t = tree(&env.local);
+    assert_eq!(
+        (t["model.bin"].as_slice(), t["labels.txt"].as_slice()),
+        (&b"model one"[..], &b"labels one"[..])
+    );
+    assert!(live(&env).ends_with(&format!("-m{manifest_part}")));
+    let listed: Value = serde_json::from_str(
+        &cli(&["releases", "--json", "--config", cfg.to_str().unwrap()]).stdout(),
+    )
+    .unwrap();
+    let digests: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["treeDigest"])
+        .collect();
+    assert_eq!(
+        digests.first(),
+        digests.last(),
+        "same manifest, same tree digest: {listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_version_needs_get_object_version_and_must_exist() {
+    // The default policy has s3:GetObject and s3:ListBucket only.
+    let env = versioned_env(devstack::Policy::read_bucket).await;
+    let b = env.bucket().to_owned();
+    let m1 = env
+        .stack
+        .s3
+        .put_object_version(&b, "p/model.bin", "model one")
+        .await
+        .unwrap();
+    env.put(
+        "manifests/m.json",
+        json!([pinned("p/model.bin", &m1, b"model one")]).to_string(),
+    )
+    .await;
+    let cfg = env.write_config(&env.config("p/", |m| {
+        m.insert("releases".into(), json!({"keep": 2}));
+        m.insert("manifestKey".into(), json!("manifests/m.json"));
+    }));
+    let run = run_async(once_args(&cfg)).await;
+    assert_eq!(run.code(), Some(1));
+    let s = run.summary();
+    assert_eq!(s["failures"][0]["code"], "GetObjectVersionDenied", "{s}");
+    assert!(
+        s["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("s3:GetObjectVersion"),
+        "{s}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&env.local).is_err(),
+        "no release without every object"
+    );
+
+    let env = versioned_env(devstack::Policy::read_versions).await;
+    env.put(
+        "manifests/m.json",
+        json!([pinned(
+            "p/model.bin",
+            "NoSuchVersionAtAllXXXXXXXXXXXXXX",
+            b"x"
+        )])
+        .to_string(),
+    )
+    .await;
+    let cfg = env.write_config(&env.config("p/", |m| {
+        m.insert("releases".into(), json!({"keep": 2}));
+        m.insert("manifestKey".into(), json!("manifests/m.json"));
+    }));
+    let s = run_async(once_args(&cfg)).await.summary();
+    assert_eq!(s["failures"][0]["code"], "NoSuchVersion", "{s}");
+}

@@ -54,6 +54,14 @@ impl Policy {
         }
     }
 
+    /// [`Policy::read_bucket`] plus `s3:GetObjectVersion` (pinned manifest versions).
+    #[must_use]
+    pub fn read_versions(bucket: &str) -> Self {
+        let mut p = Self::read_bucket(bucket);
+        p.statements[0].actions.push("s3:GetObjectVersion".into());
+        p
+    }
+
     /// Only `s3:GetObject` on a bucket (least privilege: listing is denied).
     #[must_use]
     pub fn get_only(bucket: &str) -> Self {

@@ -226,6 +226,9 @@ struct FaultRule {
 #[derive(Debug, Default)]
 struct Shared {
     virtual_objects: BTreeMap<(String, String), VirtualObject>,
+    /// Object versions of a versioned bucket, by (bucket, key, version id): each PUT through
+    /// [`S3Server::put_object_version`] keeps its bytes here, whatever is current.
+    versions: BTreeMap<(String, String, String), VirtualObject>,
     get_delay: Duration,
     chunk_delay: Duration,
     gets: u64,
@@ -569,7 +572,28 @@ impl S3 for DevS3 {
         let in_flight = InFlight::new(&self.shared);
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         let checksums = req.input.checksum_mode.is_some();
-        let mut resp = if let Some(v) = self.virtual_object(&bucket, &key) {
+        // `?versionId=`: that version, whatever is current. S3 answers 404 NoSuchVersion for
+        // a version that does not exist (GetObject, "Errors"); the response names the version
+        // in x-amz-version-id.
+        let version = req.input.version_id.clone();
+        let versioned = match &version {
+            Some(v) => Some(
+                self.shared()
+                    .versions
+                    .get(&(bucket.clone(), key.clone(), v.clone()))
+                    .cloned()
+                    .ok_or_else(|| {
+                        let mut e = S3Error::with_message(
+                            S3ErrorCode::NoSuchVersion,
+                            "The specified version does not exist.",
+                        );
+                        e.set_status_code(http::StatusCode::NOT_FOUND);
+                        e
+                    })?,
+            ),
+            None => None,
+        };
+        let mut resp = if let Some(v) = versioned.or_else(|| self.virtual_object(&bucket, &key)) {
             if matches!(v.storage_class, Some("GLACIER" | "DEEP_ARCHIVE")) {
                 return Err(S3Error::with_message(
                     S3ErrorCode::InvalidObjectState,
@@ -624,6 +648,7 @@ impl S3 for DevS3 {
                 server_side_encryption: sse,
                 ssekms_key_id: kms_key,
                 sse_customer_algorithm: sse_c,
+                version_id: version.clone(),
                 ..Default::default()
             })
         } else {
@@ -776,8 +801,17 @@ impl S3Access for DevAccess {
             S3Path::Bucket { bucket } => (Some(bucket.to_string()), None),
             S3Path::Object { bucket, key } => (Some(bucket.to_string()), Some(key.to_string())),
         };
-        let (action, resource) =
+        let (mut action, resource) =
             iam::s3_action(cx.s3_op().name(), bucket.as_deref(), key.as_deref());
+        // S3 authorizes a read of a named version as s3:GetObjectVersion, not s3:GetObject
+        // (S3 User Guide, "Retrieving object versions": "you need s3:GetObjectVersion").
+        let versioned = cx
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("versionId=")));
+        if versioned && action == "s3:GetObject" {
+            action = "s3:GetObjectVersion".into();
+        }
         self.0
             .authorize_s3(&creds.access_key, token.as_deref(), &action, &resource)
             .map_err(|(code, message)| {
@@ -901,6 +935,39 @@ impl S3Server {
                     e.message().unwrap_or("")
                 ))
             })
+    }
+
+    /// Stores a new version of `key` in a versioned bucket: it becomes the current object
+    /// (listed, served without `versionId`) and stays readable by its version id after later
+    /// versions. Returns the version id (32 URL-safe characters, like S3's).
+    ///
+    /// # Errors
+    /// [`Error::Put`].
+    pub async fn put_object_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+    ) -> Result<String, Error> {
+        let data: Bytes = data.into();
+        self.put_object(bucket, key, data.clone()).await?;
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._";
+        let id: String = (0..32)
+            .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
+            .collect();
+        let object = VirtualObject {
+            etag: hex::encode(Md5::digest(&data)),
+            data,
+            modified: crate::account::now(),
+            checksum: None,
+            encryption: Encryption::S3Managed,
+            storage_class: None,
+        };
+        self.s3
+            .shared()
+            .versions
+            .insert((bucket.to_owned(), key.to_owned(), id.clone()), object);
+        Ok(id)
     }
 
     /// Deletes an object file (as if deleted in S3).

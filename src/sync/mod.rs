@@ -60,6 +60,22 @@ pub enum Error {
         /// The credentials error, with its fix.
         message: String,
     },
+    /// GetObject of a pinned version denied.
+    #[error(
+        "reading version {version} of s3://{bucket}/{key} was denied (AccessDenied{}); a manifest entry with versionId needs \
+         s3:GetObjectVersion (not only s3:GetObject): grant the role behind roleAlias s3:GetObjectVersion on arn:aws:s3:::{bucket}/{key}",
+        if message.is_empty() { String::new() } else { format!(": {message}") }
+    )]
+    GetVersionDenied {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The version asked for.
+        version: String,
+        /// S3's message.
+        message: String,
+    },
     /// ListObjectsV2 denied.
     #[error(
         "listing s3://{bucket}/{prefix} was denied (AccessDenied{}); prefix mode needs s3:ListBucket: \
@@ -247,6 +263,7 @@ impl Error {
             Self::Credentials { code, .. } => code,
             Self::ListDenied { .. } => "ListBucketDenied",
             Self::GetDenied { .. } => "GetObjectDenied",
+            Self::GetVersionDenied { .. } => "GetObjectVersionDenied",
             Self::NoSuchBucket { .. } => "NoSuchBucket",
             Self::WrongRegion { .. } => "WrongRegion",
             Self::ClockSkew { .. } | Self::ExpiredToken => "ClockSkew",
@@ -539,8 +556,17 @@ impl Syncer {
                     .await
             }
             SourceMode::Keys(keys) => {
-                self.unlisted_pass(keys, cancel, dry_run, &mut summary, &mut seen, &mut tasks)
-                    .await
+                self.pinned_manifest = None;
+                let entries = keys.into_iter().map(manifest::Entry::plain).collect();
+                self.unlisted_pass(
+                    entries,
+                    cancel,
+                    dry_run,
+                    &mut summary,
+                    &mut seen,
+                    &mut tasks,
+                )
+                .await
             }
             SourceMode::Manifest(key) => match self.fetch_manifest(&key, dry_run).await {
                 Ok(keys) => {
@@ -657,17 +683,18 @@ impl Syncer {
 
     async fn unlisted_pass(
         &mut self,
-        keys: Vec<String>,
+        entries: Vec<manifest::Entry>,
         cancel: &CancellationToken,
         dry_run: bool,
         summary: &mut Summary,
         seen: &mut HashSet<String>,
         tasks: &mut JoinSet<Task>,
     ) -> Result<(), Error> {
-        for key in keys {
+        for entry in entries {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
+            let key = entry.key.clone();
             summary.listed += 1;
             if self.settings.delete_extraneous {
                 seen.insert(key.clone());
@@ -699,14 +726,24 @@ impl Syncer {
                 }
                 continue;
             }
+            // A pinned version of a file recorded intact needs no request: versions do not
+            // change.
+            if entry
+                .pin_tag()
+                .is_some_and(|t| intact.is_some_and(|r| r.etag == t))
+            {
+                summary.unchanged += 1;
+                continue;
+            }
             let if_none_match = intact
                 .map(|r| r.etag.clone())
-                .filter(|e| !e.starts_with("lm:"));
+                .filter(|e| !e.starts_with("lm:") && !e.starts_with(release::decide::PIN_PREFIX));
             self.spawn(
                 Job::Unlisted {
                     key,
                     rel,
                     if_none_match,
+                    pin: entry,
                 },
                 cancel,
                 tasks,

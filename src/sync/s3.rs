@@ -266,6 +266,36 @@ impl Source {
         }
     }
 
+    /// GET version `version` of `key` (a pinned manifest entry). A denial names
+    /// `s3:GetObjectVersion`, a missing version the manifest.
+    ///
+    /// # Errors
+    /// [`Error::GetVersionDenied`], `NoSuchVersion`, and the other mappings.
+    pub async fn get_version(&self, key: &str, version: &str) -> Result<GetObjectOutput, Error> {
+        match self.get_request(key).version_id(version).send().await {
+            Ok(out) => Ok(out),
+            Err(e) => Err(match self.classify(Op::Get, key, &e) {
+                Error::GetDenied {
+                    bucket,
+                    key,
+                    message,
+                } => Error::GetVersionDenied {
+                    bucket,
+                    key,
+                    version: version.to_owned(),
+                    message,
+                },
+                Error::Vanished { key } => Error::S3 {
+                    op: "GetObject",
+                    target: format!("{key}?versionId={version}"),
+                    code: "NoSuchVersion".into(),
+                    message: "the manifest names a version that does not exist; fix the manifest's versionId".into(),
+                },
+                other => other,
+            }),
+        }
+    }
+
     /// A ranged GET of `start..=end`, conditional on the ETag.
     ///
     /// # Errors

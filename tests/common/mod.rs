@@ -218,6 +218,11 @@ pub mod bytes_like {
             Self(s.as_bytes().to_vec())
         }
     }
+    impl From<String> for Data {
+        fn from(s: String) -> Self {
+            Self(s.into_bytes())
+        }
+    }
     impl From<Vec<u8>> for Data {
         fn from(v: Vec<u8>) -> Self {
             Self(v)

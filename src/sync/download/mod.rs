@@ -93,6 +93,8 @@ pub(crate) enum Job {
         key: String,
         rel: RelPath,
         if_none_match: Option<String>,
+        /// The manifest's entry: a version to fetch, a digest and size to verify.
+        pin: super::manifest::Entry,
     },
 }
 
@@ -236,11 +238,17 @@ async fn download(
             key,
             rel,
             if_none_match,
+            pin,
         } => {
-            let Some(out) = source
-                .get_conditional(key, if_none_match.as_deref())
-                .await?
-            else {
+            let out = match &pin.version_id {
+                Some(version) => Some(source.get_version(key, version).await?),
+                None => {
+                    source
+                        .get_conditional(key, if_none_match.as_deref())
+                        .await?
+                }
+            };
+            let Some(out) = out else {
                 return Ok(Outcome::NotModified);
             };
             let remote = Remote {
@@ -282,8 +290,23 @@ async fn download(
             Error::Local(e)
         }
     };
+    let pin = match job {
+        Job::Unlisted { pin, .. } => Some(pin),
+        Job::Listed { .. } => None,
+    };
+    if let Some(size) = pin.and_then(|p| p.size).filter(|s| *s != remote.size) {
+        return Err(Error::Corrupt {
+            key: remote.key.clone(),
+            expected: format!("{size} bytes (manifest)"),
+            actual: format!("{} bytes", remote.size),
+        });
+    }
     let expected_md5 = plan::expected_md5(&remote.etag, s3::encryption_of(&out));
     let mut hasher = expected_md5.as_ref().map(|_| Md5::new());
+    let expected_sha256 = pin.and_then(|p| p.sha256.clone());
+    let mut sha = expected_sha256
+        .as_ref()
+        .map(|_| <sha2::Sha256 as sha2::Digest>::new());
     let mut body = out.body;
     let mut tmp = if remote.size <= IN_MEMORY_MAX {
         Sink::Memory(Vec::with_capacity(
@@ -313,6 +336,9 @@ async fn download(
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
         }
+        if let Some(h) = sha.as_mut() {
+            sha2::Digest::update(h, &chunk);
+        }
         tmp.write(&chunk).await.map_err(disk_full)?;
     }
     if received != remote.size {
@@ -332,6 +358,16 @@ async fn download(
             });
         }
     }
+    if let (Some(h), Some(expected)) = (sha, expected_sha256) {
+        let actual = hex(&sha2::Digest::finalize(h));
+        if actual != expected {
+            return Err(Error::Corrupt {
+                key: remote.key.clone(),
+                expected: format!("SHA-256 {expected} (manifest)"),
+                actual: format!("SHA-256 {actual}"),
+            });
+        }
+    }
     let written = tmp
         .commit(&folder, name, remote.last_modified)
         .await
@@ -346,7 +382,9 @@ async fn download(
     Ok(Outcome::Downloaded {
         key: remote.key.clone(),
         recorded: plan::Recorded {
-            etag: plan::version_tag(&remote),
+            etag: pin
+                .and_then(super::manifest::Entry::pin_tag)
+                .unwrap_or_else(|| plan::version_tag(&remote)),
             size: remote.size,
             mtime_ns: written.mtime_ns,
         },
