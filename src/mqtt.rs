@@ -49,7 +49,7 @@ pub struct Mqtt {
 
 impl Mqtt {
     /// Connects in the background. `offline` is the last-will payload on `status_topic`.
-    /// Messages on `trigger_topic` are signalled on the returned receiver.
+    /// The payloads of messages on `trigger_topic` arrive on the returned receiver.
     ///
     /// # Errors
     /// [`Error::Tls`] if the certificate, key or CA cannot be used.
@@ -59,7 +59,7 @@ impl Mqtt {
         status_topic: Option<String>,
         trigger_topic: Option<String>,
         offline: Vec<u8>,
-    ) -> Result<(Self, mpsc::Receiver<()>), Error> {
+    ) -> Result<(Self, mpsc::Receiver<Vec<u8>>), Error> {
         let mut tls_identity = identity.clone();
         if let Some(ca) = &settings.ca_path {
             tls_identity.root_ca_path.clone_from(ca);
@@ -153,8 +153,8 @@ impl Mqtt {
                             .as_deref()
                             .is_some_and(|t| crate::topic::matches(t, &p.topic)) =>
                     {
-                        tracing::info!(topic = %p.topic, "sync requested over MQTT");
-                        let _ = trigger_tx.try_send(());
+                        tracing::info!(topic = %p.topic, "trigger message over MQTT");
+                        let _ = trigger_tx.try_send(p.payload.to_vec());
                     }
                     // stop() queued the offline status, then DISCONNECT: once that is sent, end.
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
@@ -199,6 +199,16 @@ impl Mqtt {
             {
                 tracing::warn!(topic = %topic, error = %e, "status not published over MQTT");
             }
+        }
+    }
+
+    /// Queues `payload` on `topic` (QoS 1), e.g. a "release live" document.
+    pub fn publish_to(&self, topic: &str, payload: Vec<u8>) {
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        {
+            tracing::warn!(topic = %topic, error = %e, "not published over MQTT");
         }
     }
 

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::sync::summary::shorten;
+use crate::sync::summary::{shorten, ReleaseInfo, ReleaseReport};
 use crate::sync::Summary;
 
 /// Version of the document's shape; bumped on incompatible changes.
@@ -266,6 +266,67 @@ impl StatusDocument {
             }),
             ..Self::new(cx, timestamp, State::Error)
         }
+    }
+}
+
+/// What made a release live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseCause {
+    /// A pass switched to a new release.
+    Sync,
+    /// A rollback (command or trigger message) switched back.
+    Rollback,
+}
+
+/// The "release live" document, published on `releaseTopic` after each switch so other
+/// components reload at the right moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseLive {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Always `releaseLive`.
+    pub event: &'static str,
+    /// The device.
+    pub thing_name: Option<String>,
+    /// The link readers open.
+    pub local_dir: Option<String>,
+    /// The release now live.
+    pub release: ReleaseInfo,
+    /// The one live before it, if kept.
+    pub previous: Option<ReleaseInfo>,
+    /// Why it switched.
+    pub cause: ReleaseCause,
+    /// When (RFC 3339).
+    pub timestamp: String,
+}
+
+impl ReleaseLive {
+    /// The document for `report`, if a release is live.
+    #[must_use]
+    pub fn new(
+        cx: &Context,
+        timestamp: String,
+        report: &ReleaseReport,
+        cause: ReleaseCause,
+    ) -> Option<Self> {
+        Some(Self {
+            schema_version: SCHEMA_VERSION,
+            event: "releaseLive",
+            thing_name: cx.thing_name.clone(),
+            local_dir: cx.local_dir.clone(),
+            release: report.live.clone()?,
+            previous: report.previous.clone(),
+            cause,
+            timestamp,
+        })
+    }
+
+    /// JSON bytes (a few hundred: every sink takes them).
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 

@@ -140,27 +140,34 @@ impl Gg {
             .unwrap()
     }
 
+    /// Validates every status document against docs/status.schema.json, and every "release
+    /// live" document against docs/release.schema.json; returns how many.
     fn validate_all_status_documents(&self) -> usize {
-        let mut docs: Vec<Value> = self
+        let (releases, local): (Vec<_>, Vec<_>) = self
             .nucleus
             .local_publishes()
             .into_iter()
             .filter(|p| p.component == COMPONENT)
-            .map(|p| p.message)
-            .collect();
+            .partition(|p| p.topic == "gg-s3-sync/release");
+        let mut docs: Vec<Value> = local.into_iter().map(|p| p.message).collect();
         for p in self.nucleus.iot_publishes() {
             docs.push(serde_json::from_slice(&p.payload).expect("IoT Core payload is JSON"));
         }
-        let file = self.dir.join("published.json");
+        let releases: Vec<Value> = releases.into_iter().map(|p| p.message).collect();
+        self.validate("status", &docs) + self.validate("release", &releases)
+    }
+
+    fn validate(&self, schema: &str, docs: &[Value]) -> usize {
+        let file = self.dir.join(format!("published-{schema}.json"));
         std::fs::write(&file, serde_json::to_vec(&docs).unwrap()).unwrap();
         let out = Command::new(python())
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/py/validate_status.py"
             ))
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/docs/status.schema.json"
+            .arg(format!(
+                "{}/docs/{schema}.schema.json",
+                env!("CARGO_MANIFEST_DIR")
             ))
             .arg(&file)
             .output()
@@ -857,4 +864,117 @@ async fn an_hsm_key_syncs_through_the_nucleus_tes_and_the_status_says_so() {
     assert!(!gg.log().contains(&gg.token), "the SVCUID is never logged");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// With releases on under Greengrass: each switch publishes "release live" on the release
+/// topic (allowed by the recipe's accessControl), the status carries the live and previous
+/// releases, and `{"rollback": "previous"}` on the trigger topic switches back.
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_publish_release_live_and_roll_back_on_a_trigger_message() {
+    let parent = tempfile::tempdir().unwrap();
+    let local = parent.path().join("site");
+    let gg = setup(json!({
+        "bucket": devstack::Options::default().bucket,
+        "prefix": "w/",
+        "localDir": local,
+        "syncIntervalSeconds": 3600,
+        "releases": {"keep": 3},
+    }))
+    .await;
+    gg.nucleus.update_configuration(
+        COMPONENT,
+        &[],
+        &json!({"s3EndpointUrl": gg.env.stack.s3.url(), "s3ForcePathStyle": true}),
+    );
+    gg.env.put("w/index.html", "v1").await;
+    let mut child = gg.spawn();
+    let release_docs = |gg: &Gg| -> Vec<Value> {
+        gg.nucleus
+            .local_publishes()
+            .into_iter()
+            .filter(|p| p.topic == "gg-s3-sync/release")
+            .map(|p| {
+                assert!(p.binary, "release live is a binary message");
+                p.message
+            })
+            .collect()
+    };
+    let s = gg
+        .status("a first release", |m| m["state"] == "SYNCED")
+        .await;
+    let first = s["lastPass"]["release"]["live"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(std::fs::read(local.join("index.html")).unwrap(), b"v1");
+    assert!(
+        gg.nucleus
+            .wait_until(Duration::from_secs(10), |n| n
+                .local_publishes()
+                .iter()
+                .any(|p| p.topic == "gg-s3-sync/release"))
+            .await,
+        "{}",
+        gg.log()
+    );
+    let doc = &release_docs(&gg)[0];
+    assert_eq!(
+        (doc["event"].as_str(), doc["cause"].as_str()),
+        (Some("releaseLive"), Some("sync")),
+        "{doc}"
+    );
+    assert_eq!(doc["release"]["id"], first.as_str());
+    assert_eq!(doc["localDir"], local.display().to_string());
+
+    gg.env.put("w/index.html", "v2").await;
+    gg.nucleus.publish_local("gg-s3-sync/sync-now", json!({}));
+    let s = gg
+        .status("a second release", |m| {
+            m["lastPass"]["release"]["previous"]["id"] == first.as_str()
+        })
+        .await;
+    let second = s["lastPass"]["release"]["live"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(std::fs::read(local.join("index.html")).unwrap(), b"v2");
+
+    gg.nucleus
+        .publish_local("gg-s3-sync/sync-now", json!({"rollback": "previous"}));
+    assert!(
+        gg.nucleus
+            .wait_until(Duration::from_secs(10), |n| n.local_publishes().iter().any(
+                |p| p.topic == "gg-s3-sync/release" && p.message["cause"] == "rollback"
+            ))
+            .await,
+        "{}",
+        gg.log()
+    );
+    let doc = release_docs(&gg).into_iter().last().unwrap();
+    assert_eq!(doc["release"]["id"], first.as_str(), "{doc}");
+    assert_eq!(doc["previous"]["id"], second.as_str(), "{doc}");
+    assert_eq!(std::fs::read(local.join("index.html")).unwrap(), b"v1");
+    let s = gg
+        .status("the rolled-back release", |m| {
+            m["lastPass"]["release"]["live"]["id"] == first.as_str()
+        })
+        .await;
+    assert_eq!(s["state"], "SYNCED", "{s}");
+
+    // An unknown id is refused with the kept ones; nothing moves.
+    gg.nucleus
+        .publish_local("gg-s3-sync/sync-now", json!({"rollback": "000042-tdead"}));
+    let s = gg
+        .status("a refused rollback", |m| {
+            m["error"]["code"] == "UnknownRelease"
+        })
+        .await;
+    assert!(
+        s["error"]["message"].as_str().unwrap().contains(&first),
+        "{s}"
+    );
+    assert_eq!(std::fs::read(local.join("index.html")).unwrap(), b"v1");
+    assert!(gg.validate_all_status_documents() > 0);
+    assert!(running(&mut child), "{}", gg.log());
+    let _ = child.kill();
 }

@@ -370,3 +370,69 @@ async fn a_pass_with_many_problems_keeps_the_mqtt_connection() {
         "the trigger reached the component over the same connection"
     );
 }
+
+/// With releases on in MQTT mode: "release live" arrives on the release topic after each
+/// switch, and `{"rollback": null}` on the trigger topic switches back.
+#[tokio::test(flavor = "multi_thread")]
+async fn release_live_and_rollback_over_mqtt() {
+    let env = Env::default().await;
+    env.put("m/a.txt", "v1").await;
+    let (_broker, port) = broker(&env);
+    let client = watcher(&env, port);
+    let (_sub, messages) = client.subscribe("gg-s3-sync/#");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cfg = env.write_config(&env.config("m/", |m| {
+        m.insert(
+            "mqtt".into(),
+            json!({"endpoint": format!("localhost:{port}")}),
+        );
+        m.insert("syncIntervalSeconds".into(), "3600".into());
+        m.insert("releases".into(), json!({"keep": 2}));
+    }));
+    let _component = Proc(run_component(&env, &cfg));
+    let first = wait_for(&messages, "a first release", |t, v| {
+        t == "gg-s3-sync/release" && v["cause"] == "sync"
+    })
+    .await;
+    let first_id = first["release"]["id"].clone();
+    env.put("m/a.txt", "v2").await;
+    client.publish("gg-s3-sync/sync-now", "{}");
+    wait_for(&messages, "a second release", |t, v| {
+        t == "gg-s3-sync/release" && v["previous"]["id"] == first_id
+    })
+    .await;
+    assert_eq!(std::fs::read(env.local.join("a.txt")).unwrap(), b"v2");
+    client.publish("gg-s3-sync/sync-now", r#"{"rollback": null}"#);
+    let back = wait_for(&messages, "a rollback", |t, v| {
+        t == "gg-s3-sync/release" && v["cause"] == "rollback"
+    })
+    .await;
+    assert_eq!(back["release"]["id"], first_id, "{back}");
+    assert_eq!(std::fs::read(env.local.join("a.txt")).unwrap(), b"v1");
+    let docs: Vec<Value> = messages
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| t == "gg-s3-sync/release")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let file = env.tmp.path().join("releases.json");
+    std::fs::write(&file, serde_json::to_vec(&docs).unwrap()).unwrap();
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/validate_status.py"
+        ))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/release.schema.json"
+        ))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -121,9 +121,9 @@ pub fn recipe_access_control(component: &str) -> Value {
         },
         "aws.greengrass.ipc.pubsub": {
             format!("{component}:pubsub:1"): {
-                "policyDescription": "Publish sync status locally; receive sync-now triggers",
+                "policyDescription": "Publish status and release-live events locally; receive triggers",
                 "operations": ["aws.greengrass#PublishToTopic", "aws.greengrass#SubscribeToTopic"],
-                "resources": ["gg-s3-sync/status", "gg-s3-sync/sync-now"],
+                "resources": ["gg-s3-sync/status", "gg-s3-sync/sync-now", "gg-s3-sync/release"],
             }
         },
     })

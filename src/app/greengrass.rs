@@ -27,10 +27,11 @@ use crate::ipc::model::{
     SubscriptionResponseMessage,
 };
 use crate::ipc::{self, IpcClient, Subscription};
-use crate::status::{Context, StatusDocument};
+use crate::status::{Context, ReleaseCause, ReleaseLive, StatusDocument};
 use crate::sync::{self, chain, Summary, SyncSettings, Syncer};
 
 use super::deferral::{Answer, Deferral};
+use super::trigger;
 
 /// How long to gather further configuration events before re-reading (a deployment's merge
 /// arrives as one event per changed key).
@@ -130,6 +131,9 @@ struct Supervisor {
     next_pass: tokio::time::Instant,
     pass_requested: bool,
     reload_requested: bool,
+    /// A rollback asked for on the trigger topic (`Some(None)`: to the previous release), run
+    /// between passes.
+    rollback_requested: Option<Option<String>>,
     /// Component-update handling (classic nucleus); blocks passes during an update.
     deferral: Deferral,
     /// Origin of the monotonic time given to `deferral`.
@@ -173,6 +177,7 @@ pub async fn run(
         next_pass: now(),
         pass_requested: true,
         reload_requested: true,
+        rollback_requested: None,
         deferral: Deferral::new(Duration::from_secs(config::DEFAULT_MAX_DEFER_SECS)),
         started: now(),
     };
@@ -339,6 +344,11 @@ impl Supervisor {
                 self.reload_requested = false;
                 self.reload().await?;
             }
+            if self.pass.is_none() && self.syncer.is_some() {
+                if let Some(to) = self.rollback_requested.take() {
+                    self.rollback(to).await;
+                }
+            }
             let updating = self.deferral.blocks_passes(self.mono());
             if self.pass.is_none()
                 && !updating
@@ -378,10 +388,17 @@ impl Supervisor {
                 },
                 msg = async { match trigger.as_mut() { Some((_, sub)) => sub.next().await, None => std::future::pending().await } } => {
                     match msg {
-                        Some(Ok(_)) => {
-                            tracing::info!("sync requested on the trigger topic");
-                            self.pass_requested = true;
-                        }
+                        Some(Ok(msg)) => match trigger::parse(&trigger::payload_of(&msg)) {
+                            Ok(trigger::Request::Sync) => {
+                                tracing::info!("sync requested on the trigger topic");
+                                self.pass_requested = true;
+                            }
+                            Ok(trigger::Request::Rollback(to)) => {
+                                tracing::info!(to = ?to, "rollback requested on the trigger topic");
+                                self.rollback_requested = Some(to);
+                            }
+                            Err(problem) => tracing::warn!("{problem}"),
+                        },
                         // Lite can deliver an event before the subscription's response; the
                         // client queues it, so nothing is lost and nothing is an error here.
                         Some(Err(e)) if e.is_connection_error() => return Err(e.into()),
@@ -653,6 +670,9 @@ impl Supervisor {
             Ok(summary) => {
                 super::log_summary(&summary);
                 self.last_pass = Some(summary.clone());
+                if let Some(r) = summary.release.as_ref().filter(|r| r.switched) {
+                    self.publish_release(r, ReleaseCause::Sync).await;
+                }
                 StatusDocument::after_pass(&self.context().await, self.timestamp(), summary)
             }
             Err(sync::Error::Cancelled) => return,
@@ -698,6 +718,58 @@ impl Supervisor {
         )
         .with_clock_skew(skew)
         .with_source(source, role_alias)
+    }
+
+    /// Carries out a rollback asked for on the trigger topic, then publishes "release live"
+    /// and a status document whose last pass shows the releases now.
+    async fn rollback(&mut self, to: Option<String>) {
+        let Some(syncer) = &self.syncer else { return };
+        match super::rollback_now(syncer, to.as_deref(), self.timestamp()) {
+            Ok(report) => {
+                self.publish_release(&report, ReleaseCause::Rollback).await;
+                if let Some(mut last) = self.last_pass.take() {
+                    last.release = Some(sync::ReleaseReport {
+                        switched: false,
+                        ..report
+                    });
+                    self.last_pass = Some(last.clone());
+                    let doc =
+                        StatusDocument::after_pass(&self.context().await, self.timestamp(), last);
+                    self.publish(doc).await;
+                }
+            }
+            Err(e) => {
+                let message = chain(&e);
+                tracing::error!(code = e.code(), error = %message, "rollback requested on the trigger topic failed");
+                let doc = StatusDocument::error(
+                    &self.context().await,
+                    self.timestamp(),
+                    e.code(),
+                    format!("rollback failed: {message}"),
+                    self.last_pass.clone(),
+                );
+                self.publish(doc).await;
+            }
+        }
+    }
+
+    /// Publishes "release live" on `releaseTopic` (local pub/sub, as a binary message: the
+    /// form nucleus lite delivers).
+    async fn publish_release(&self, report: &sync::ReleaseReport, cause: ReleaseCause) {
+        let Some(topic) = self.config.as_ref().and_then(|c| c.release_topic.clone()) else {
+            return;
+        };
+        let Some(doc) = ReleaseLive::new(&self.context().await, self.timestamp(), report, cause)
+        else {
+            return;
+        };
+        if let Err(e) = self
+            .ipc
+            .publish_binary_to_topic(&topic, &doc.encode())
+            .await
+        {
+            tracing::warn!(topic = %topic, error = %chain(&e), "cannot publish \"release live\"; grant aws.greengrass#PublishToTopic on it in accessControl (aws.greengrass.ipc.pubsub)");
+        }
     }
 
     /// Publishes to IoT Core and locally; failures are logged with the fix, never fatal.

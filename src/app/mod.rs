@@ -3,10 +3,12 @@
 //!
 //! - this module: file mode (`--config`);
 //! - `greengrass`: Greengrass mode (configuration, status and events over IPC);
-//! - `deferral`: when a component update may proceed (pure).
+//! - `deferral`: when a component update may proceed (pure);
+//! - `trigger`: what a trigger message asks for (pure).
 
 pub mod deferral;
 pub mod greengrass;
+pub mod trigger;
 
 use std::time::Duration;
 
@@ -163,13 +165,24 @@ pub async fn run(
         None => (None, None),
     };
     let mut last_pass = None;
+    let release_live = |cx: &status::Context, report: &sync::ReleaseReport, cause| {
+        let doc = status::ReleaseLive::new(cx, rfc3339(clock.now()), report, cause)?;
+        Some((config.release_topic.clone()?, doc.encode()))
+    };
     loop {
         let mut wait = next_interval(config);
         let doc = match syncer.run_pass(cancel).await {
             Ok(summary) => {
                 log_summary(&summary);
                 last_pass = Some(summary.clone());
-                StatusDocument::after_pass(&context(&syncer).await, rfc3339(clock.now()), summary)
+                let cx = context(&syncer).await;
+                if let (Some(m), Some(r)) = (&mqtt, summary.release.as_ref().filter(|r| r.switched))
+                {
+                    if let Some((topic, doc)) = release_live(&cx, r, status::ReleaseCause::Sync) {
+                        m.publish_to(&topic, doc);
+                    }
+                }
+                StatusDocument::after_pass(&cx, rfc3339(clock.now()), summary)
             }
             Err(sync::Error::Cancelled) => break,
             Err(e) => {
@@ -191,7 +204,23 @@ pub async fn run(
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
-            Some(()) = async { match triggers.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {}
+            Some(payload) = async { match triggers.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                match trigger::parse(&payload) {
+                    Ok(trigger::Request::Sync) => {}
+                    Ok(trigger::Request::Rollback(to)) => {
+                        match rollback_now(&syncer, to.as_deref(), rfc3339(clock.now())) {
+                            Ok(report) => {
+                                let cx = context(&syncer).await;
+                                if let (Some(m), Some((topic, doc))) = (&mqtt, release_live(&cx, &report, status::ReleaseCause::Rollback)) {
+                                    m.publish_to(&topic, doc);
+                                }
+                            }
+                            Err(e) => tracing::error!(code = e.code(), error = %chain(&e), "rollback requested on the trigger topic failed"),
+                        }
+                    }
+                    Err(problem) => tracing::warn!("{problem}"),
+                }
+            }
         }
     }
     if let Some(m) = mqtt {
@@ -200,6 +229,18 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A rollback asked for on the trigger topic (between passes: the lock is free): switches,
+/// then reports the releases for the "release live" document.
+pub(crate) fn rollback_now(
+    syncer: &Syncer,
+    to: Option<&str>,
+    now: String,
+) -> Result<sync::ReleaseReport, sync::Error> {
+    let r = sync::rollback(syncer.settings(), to, &now)?;
+    tracing::info!(from = %r.from, to = %r.to, "rolled back on request");
+    sync::release_report(syncer.settings())
 }
 
 pub(crate) fn log_summary(s: &Summary) {

@@ -420,3 +420,18 @@ pub fn rollback(
         to: target,
     })
 }
+
+/// The live and previous releases now (after a rollback), as a pass reports them.
+///
+/// # Errors
+/// Releases off, or I/O.
+pub fn report(settings: &super::SyncSettings) -> Result<ReleaseReport, Error> {
+    let rel = open_for(settings)?;
+    let (live, previous) = describe(&rel)?;
+    Ok(ReleaseReport {
+        live,
+        previous,
+        switched: true,
+        pending: None,
+    })
+}
