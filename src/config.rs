@@ -814,12 +814,14 @@ impl Reader<'_> {
             Some(_) => None,
         };
         let keep = match keep {
+            // `{keep: 0}`: off (the recipe's default, so a deployment merges a number in).
+            Some(0) => return Some(None),
             Some(k @ 1..=100) => k,
             _ => {
                 return self.fail(
                     "releases.keep",
                     format!(
-                        "expected a whole number from 1 to 100 (releases kept, the live one included), got {}",
+                        "expected a whole number from 1 to 100 (releases kept, the live one included; 0 = off), got {}",
                         map.get("keep").map_or_else(|| "nothing".into(), ToString::to_string)
                     ),
                 )
@@ -1437,8 +1439,15 @@ mod tests {
             5
         );
         assert_eq!(ok(&with("releases", json!(false))).config.releases, None);
+        // The recipe's default: off, ready for a deployment to merge a number in.
+        assert_eq!(
+            ok(&with("releases", json!({"keep": "0", "dir": ""})))
+                .config
+                .releases,
+            None
+        );
         for bad in [
-            json!({"keep": 0}),
+            json!({"keep": -1}),
             json!({"keep": 101}),
             json!({"keep": "x"}),
             json!({"keep": 1.5}),

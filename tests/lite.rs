@@ -363,11 +363,12 @@ async fn scenario() {
         &format!("services/{WATCHER}/configuration"),
         &json!({"accessControl": {"aws.greengrass.ipc.pubsub": {"w:1": {
             "operations": ["aws.greengrass#SubscribeToTopic", "aws.greengrass#PublishToTopic"],
-            "resources": ["gg-s3-sync/status", "gg-s3-sync/sync-now"],
+            "resources": ["gg-s3-sync/status", "gg-s3-sync/sync-now", "gg-s3-sync/release"],
         }}}}),
     );
     let watch_out = tmp.path().join("watched.jsonl");
     let watch_trigger = tmp.path().join("trigger-request");
+    let watch_rollback = tmp.path().join("rollback-request");
     let kit_python = work().join("venv/bin/python");
     let mut watcher = lite.run_component(
         WATCHER,
@@ -375,6 +376,7 @@ async fn scenario() {
         &[
             ("WATCH_OUT", &watch_out),
             ("WATCH_TRIGGER", &watch_trigger),
+            ("WATCH_ROLLBACK", &watch_rollback),
             ("GGLITE_PYTHON", &kit_python),
         ],
         "watcher.out",
@@ -527,6 +529,45 @@ async fn scenario() {
     std::fs::write(&watch_trigger, b"").unwrap();
     lite.wait("b/y.txt after the trigger", || local.join("y.txt").exists())
         .await;
+
+    // 9b. Releases turned on by a live configuration change: the folder localDir was is
+    // adopted, localDir becomes a link to a release, and "release live" reaches the other
+    // component; a JSON {"rollback": null} from it switches back.
+    let releases = |lite: &Lite| -> Vec<Value> {
+        let _ = lite;
+        lines_json(&watch_out)
+            .into_iter()
+            .filter(|r| r["topic"] == "gg-s3-sync/release")
+            .map(|r| r["doc"].clone())
+            .collect()
+    };
+    lite.config_set(
+        &format!("services/{}/configuration/releases", lite.name),
+        &json!({"keep": "3"}),
+    );
+    lite.wait("a first release live", || !releases(&lite).is_empty())
+        .await;
+    assert!(std::fs::symlink_metadata(&local)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(local.join("y.txt")).unwrap(), b"why");
+    env.put("b/y.txt", "why two").await;
+    std::fs::write(&watch_trigger, b"").unwrap();
+    lite.wait("a second release live", || releases(&lite).len() >= 2)
+        .await;
+    assert_eq!(std::fs::read(local.join("y.txt")).unwrap(), b"why two");
+    std::fs::write(&watch_rollback, b"").unwrap();
+    lite.wait("a rollback", || {
+        releases(&lite).iter().any(|d| d["cause"] == "rollback")
+    })
+    .await;
+    assert_eq!(std::fs::read(local.join("y.txt")).unwrap(), b"why");
+    let docs = releases(&lite);
+    assert_eq!(
+        docs[2]["release"]["id"], docs[0]["release"]["id"],
+        "{docs:?}"
+    );
 
     // 10. SIGTERM to the component's cgroup, as lite's systemd unit stops it: a clean exit 0.
     let mut c = lite.kit_cmd("bin/gglite-component");

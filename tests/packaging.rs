@@ -328,6 +328,48 @@ fn recipe_fits_lite_s_recipe_buffer() {
     );
 }
 
+/// Nucleus lite decodes the rendered recipe into one object and claims it with
+/// `gg_arena_claim_obj` (modules/ggl-recipe/src/recipe.c, `ggl_recipe_get_from_file`), whose
+/// walk refuses more than `GG_MAX_OBJECT_SUBOBJECTS` (255) sub-objects in the whole tree: each
+/// map entry counts 2 and each list item 1 (gg_sdk src/object_visit.c). Over it, recipe-runner
+/// logs "Visited object's subobjects exceeds maximum" and never starts the component.
+#[test]
+fn recipe_fits_lite_s_object_budget() {
+    const GG_MAX_OBJECT_SUBOBJECTS: usize = 255;
+    fn count(v: &Value) -> usize {
+        match v {
+            Value::Object(m) => m.values().map(|x| 2 + count(x)).sum(),
+            Value::Array(a) => a.iter().map(|x| 1 + count(x)).sum(),
+            _ => 0,
+        }
+    }
+    let text = std::fs::read_to_string(Path::new(ROOT).join("recipe.yaml")).unwrap();
+    let recipe: Value = serde_norway::from_str(&text).unwrap();
+    let n = count(&recipe);
+    assert!(
+        n <= GG_MAX_OBJECT_SUBOBJECTS,
+        "the recipe has {n} sub-objects; nucleus lite refuses more than {GG_MAX_OBJECT_SUBOBJECTS}"
+    );
+}
+
+/// Nucleus lite's ggconfigd refuses to write a key below one that holds a value ("value
+/// already present for key … Failing request.", modules/ggconfigd/src/db_interface.c): a
+/// setting that takes a map must default to a map, or a deployment's merge
+/// (`{"releases": {"keep": "3"}}`) fails on lite and the setting can never be turned on.
+#[test]
+fn map_settings_default_to_maps_so_lite_can_merge_into_them() {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("recipe.yaml")).unwrap();
+    let recipe: Value = serde_norway::from_str(&text).unwrap();
+    let defaults = &recipe["ComponentConfiguration"]["DefaultConfiguration"];
+    for key in ["mqtt", "releases", "accessControl"] {
+        assert!(
+            defaults[key].is_object(),
+            "{key} defaults to {}",
+            defaults[key]
+        );
+    }
+}
+
 /// The fake nucleus grants what the recipe grants (its tests rely on the same accessControl).
 #[test]
 fn fake_nucleus_uses_the_recipe_access_control() {
