@@ -609,3 +609,106 @@ async fn a_pinned_version_needs_get_object_version_and_must_exist() {
     let s = run_async(once_args(&cfg)).await.summary();
     assert_eq!(s["failures"][0]["code"], "NoSuchVersion", "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_runs_write_nothing_leftovers_stay_out_and_a_removed_release_is_rebuilt() {
+    let env = Env::default().await;
+    env.put("r/a.txt", "alpha").await;
+    env.put("r/b.txt", "bravo").await;
+    let cfg = env.write_config(&env.config("r/", with_releases(2)));
+    let dry = |cfg: &Path| {
+        let mut a = once_args(cfg);
+        a.push("--dry-run".into());
+        a
+    };
+    // Before anything: a dry run creates neither the releases folder nor localDir.
+    let s = run_async(dry(&cfg)).await.assert_ok();
+    assert_eq!(s["planned"].as_array().unwrap().len(), 2, "{s}");
+    assert!(!releases_dir(&env).exists());
+    assert!(std::fs::symlink_metadata(&env.local).is_err());
+
+    run_async(once_args(&cfg)).await.assert_ok();
+    let first = live(&env);
+    env.put("r/a.txt", "ALPHA").await;
+    let s = run_async(dry(&cfg)).await.assert_ok();
+    assert_eq!(s["planned"][0]["action"], "download", "{s}");
+    assert!(
+        !releases_dir(&env).join(".staging").exists(),
+        "a dry run stages nothing"
+    );
+    assert_eq!(live(&env), first);
+
+    // A failed pass leaves a staging folder; a crash's temporary file in it never reaches
+    // the release.
+    env.stack
+        .s3
+        .inject("r/a.txt", Fault::Status("AccessDenied"), 1);
+    assert_eq!(run_async(once_args(&cfg)).await.code(), Some(1));
+    let leftover = releases_dir(&env).join(".staging/.gg-s3-sync.0123456789abcdef.tmp");
+    std::fs::write(&leftover, b"half a file").unwrap();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    assert_eq!(tree(&env.local).len(), 2, "{:?}", tree(&env.local).keys());
+
+    // Someone removes the live release's folder: the next pass builds a new one.
+    let gone = live(&env);
+    std::fs::remove_file(releases_dir(&env).join(format!("{gone}.json"))).unwrap();
+    let mut perms = std::fs::metadata(releases_dir(&env).join(&gone))
+        .unwrap()
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::remove_dir_all(releases_dir(&env).join(&gone)).unwrap();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    assert_ne!(live(&env), gone);
+    assert_eq!(tree(&env.local)["a.txt"], b"ALPHA");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn turning_releases_on_adopts_the_folder_without_a_moment_of_no_local_dir() {
+    let env = Env::default().await;
+    env.put("r/a.txt", "alpha").await;
+    env.put("r/b/c.txt", "charlie").await;
+    let plain = env.write_config(&env.config("r/", |_| {}));
+    run_async(once_args(&plain)).await.assert_ok();
+    let before = ino(&env.local.join("b/c.txt"));
+    std::fs::write(env.local.join("mine.txt"), b"a file the user put there").unwrap();
+
+    let cfg = env.write_config(&env.config("r/", with_releases(2)));
+    let gets = env.stack.s3.get_count();
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    assert_eq!(
+        env.stack.s3.get_count(),
+        gets,
+        "synced files are linked, not fetched again"
+    );
+    assert!(std::fs::symlink_metadata(&env.local)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let t = tree(&env.local);
+    assert_eq!(
+        t.keys().collect::<Vec<_>>(),
+        ["a.txt", "b/c.txt"],
+        "exactly the objects"
+    );
+    assert_eq!(ino(&env.local.join("b/c.txt")), before);
+    // The old folder, with the user's file, is kept beside the releases.
+    let adopted: Vec<PathBuf> = std::fs::read_dir(releases_dir(&env))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("adopted-")
+        })
+        .collect();
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(
+        std::fs::read(adopted[0].join("mine.txt")).unwrap(),
+        b"a file the user put there"
+    );
+}

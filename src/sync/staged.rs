@@ -67,7 +67,11 @@ impl Syncer {
         if !removed.is_empty() {
             tracing::info!(removed = ?removed, "removed old releases");
         }
-        self.case_folded = None;
+        let insensitive = rel.is_case_insensitive()?;
+        if insensitive && self.case_folded.is_none() {
+            tracing::info!(releases = %rel.path().display(), "the releases' file system does not tell case apart; keys that differ only in case are reported as conflicts");
+        }
+        self.case_folded = insensitive.then(std::collections::HashMap::new);
         self.release_pass = ReleasePass {
             live: live_id.clone(),
             ..ReleasePass::default()
@@ -108,6 +112,11 @@ impl Syncer {
 
     /// The read-only root of a dry run: what a real pass would compare against.
     pub(super) fn release_dry_root(&mut self) -> Option<local::Folder> {
+        // A dry run creates nothing: no releases folder yet means nothing synced yet.
+        let dir = &self.settings.releases.as_ref()?.dir;
+        if self.releases.is_none() && !dir.is_dir() {
+            return None;
+        }
         let rel = self.open_releases().ok()?;
         let live = rel.live_id().ok()?;
         if let Ok(Some(staging)) = rel.reusable_staging_read_only(live.as_deref()) {

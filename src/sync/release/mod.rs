@@ -237,6 +237,14 @@ impl Releases {
         &self.dir_path
     }
 
+    /// Whether the releases' file system tells `a` from `A` (see [`Folder::is_case_insensitive`]).
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn is_case_insensitive(&self) -> Result<bool, Error> {
+        Ok(self.dir.is_case_insensitive()?)
+    }
+
     /// What `localDir` is.
     ///
     /// # Errors
@@ -251,7 +259,12 @@ impl Releases {
                 );
                 match decide::id_of_target(&target, self.parent.path(), &self.dir_path) {
                     Some(id) if self.dir.stat(&id).is_some() => Ok(Live::Release(id)),
-                    _ => Err(Error::LocalDirTaken {
+                    // Our link, to a release someone removed: build a new one over it.
+                    Some(id) => {
+                        tracing::warn!(release = %id, "localDir points at a release that is gone; a new one is built");
+                        Ok(Live::Missing)
+                    }
+                    None => Err(Error::LocalDirTaken {
                         path: self.local_dir.clone(),
                         found: format!("a link to {}", target.display()),
                         releases: self.dir_path.clone(),
@@ -660,6 +673,10 @@ fn seal_tree(root: &Folder, file_mode: u32) -> Result<(), Error> {
                 if let Some(sub) = dir.subfolder(&name, false)? {
                     stack.push(sub);
                 }
+            } else if is_file && name.starts_with(plan::TEMP_PREFIX) {
+                // A resumable part of an object that went away, or a crash's leftover: not
+                // part of the release.
+                dir.remove(&name)?;
             } else if is_file {
                 let Some(st) = dir.stat(&name) else { continue };
                 if st.st_mode & 0o7777 != file_mode {
