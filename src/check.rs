@@ -104,6 +104,7 @@ const EXCHANGE: &str = "role alias exchange";
 const LIST: &str = "bucket reachable and s3:ListBucket";
 const GET: &str = "s3:GetObject";
 const LOCAL: &str = "localDir writable";
+const RELEASES: &str = "releases folder";
 const CLOCK: &str = "clock skew";
 
 /// Starts a report with the configuration step.
@@ -153,6 +154,7 @@ pub async fn run(mut r: Report, config: &Config, clock: SharedClock) -> Report {
                 "no source of credentials",
             );
             local_dir(&mut r, &config.local_dir);
+            releases(&mut r, config);
             clock_skew(&mut r, config, now).await;
             return r;
         }
@@ -271,6 +273,7 @@ pub async fn run(mut r: Report, config: &Config, clock: SharedClock) -> Report {
         r.skip(&[LIST, GET], "no AWS credentials");
     }
     local_dir(&mut r, &config.local_dir);
+    releases(&mut r, config);
     clock_skew(&mut r, config, now).await;
     r
 }
@@ -346,6 +349,7 @@ async fn run_tes(
         r.skip(&[LIST, GET], "no AWS credentials");
     }
     local_dir(&mut r, &config.local_dir);
+    releases(&mut r, config);
     clock_skew(&mut r, config, now).await;
     r
 }
@@ -440,6 +444,59 @@ async fn s3_steps(r: &mut Report, config: &Config, provider: IotCredentialsProvi
             }
         },
     }
+}
+
+/// With `releases` on: `localDir` can become a link, and the releases folder is on its file
+/// system (hard links and the switch's rename need it).
+fn releases(r: &mut Report, config: &Config) {
+    let Some(rel) = &config.releases else { return };
+    let existing = |p: &Path| {
+        let mut p = p.to_path_buf();
+        while !p.exists() && p.pop() {}
+        p
+    };
+    let parent = config.local_dir.parent().unwrap_or(Path::new("/"));
+    let dev = |p: &Path| {
+        std::fs::metadata(existing(p))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+    };
+    if dev(parent) != dev(&rel.dir) {
+        r.add(
+            RELEASES,
+            Status::Fail,
+            format!(
+                "releases.dir {} is not on the file system of {}: a release cannot be switched in with one rename; choose a folder beside localDir",
+                rel.dir.display(),
+                parent.display()
+            ),
+        );
+        return;
+    }
+    let what = match std::fs::symlink_metadata(&config.local_dir) {
+        Err(_) => "localDir will be created as a link to the first release".to_owned(),
+        Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&config.local_dir) {
+            Ok(t) => format!("localDir links to {}", t.display()),
+            Err(e) => format!("localDir is a link ({e})"),
+        },
+        Ok(m) if m.is_dir() => {
+            "localDir is a folder: the first release adopts it (it is kept aside as adopted-<time>)"
+                .to_owned()
+        }
+        Ok(_) => {
+            r.add(
+                RELEASES,
+                Status::Fail,
+                format!("localDir {} is a file; with releases on it must be missing, a folder or a link to a release: move it away", config.local_dir.display()),
+            );
+            return;
+        }
+    };
+    r.add(
+        RELEASES,
+        Status::Pass,
+        format!("{} (keep {}); {what}", rel.dir.display(), rel.keep),
+    );
 }
 
 fn local_dir(r: &mut Report, dir: &Path) {

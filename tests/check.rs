@@ -252,3 +252,58 @@ async fn an_hsm_key_checks_and_syncs_through_the_token_exchange_service() {
     );
     assert_eq!(std::fs::read(env.local.join("a.txt")).unwrap(), b"via tes");
 }
+
+/// With releases on, `check` says what localDir will become, and fails a releases folder on
+/// another file system or a file at localDir, with the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_are_checked() {
+    let env = Env::default().await;
+    env.put("c/a.txt", "a").await;
+    let (code, r) = tokio::task::block_in_place(|| {
+        check(&env, |m| {
+            m.insert("releases".into(), json!({"keep": 2}));
+        })
+    });
+    assert_eq!(code, Some(0), "{r}");
+    let (s, detail) = status(&r, "releases folder");
+    assert_eq!(s, "pass");
+    assert!(detail.contains("created as a link"), "{detail}");
+
+    // /dev/shm is another file system than the test's temporary folder (unless it is tmpfs
+    // too: then the case proves nothing and is skipped).
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(a).unwrap().dev() == std::fs::metadata(b).unwrap().dev()
+    };
+    if std::path::Path::new("/dev/shm").is_dir()
+        && !same(env.tmp.path(), std::path::Path::new("/dev/shm"))
+    {
+        let elsewhere = format!("/dev/shm/gg-s3-sync-check-{}", fastrand::u32(..));
+        let (code, r) = tokio::task::block_in_place(|| {
+            check(&env, |m| {
+                m.insert("releases".into(), json!({"keep": 2, "dir": elsewhere}));
+            })
+        });
+        assert_eq!(code, Some(1), "{r}");
+        let (s, detail) = status(&r, "releases folder");
+        assert_eq!(s, "fail");
+        assert!(detail.contains("not on the file system"), "{detail}");
+    } else {
+        eprintln!("skipped the other-file-system case: /dev/shm is on the same file system here");
+    }
+
+    std::fs::create_dir_all(env.local.parent().unwrap()).unwrap();
+    std::fs::write(&env.local, b"a file").unwrap();
+    let (code, r) = tokio::task::block_in_place(|| {
+        check(&env, |m| {
+            m.insert("releases".into(), json!({"keep": 2}));
+        })
+    });
+    assert_eq!(code, Some(1), "{r}");
+    let (s, detail) = status(&r, "releases folder");
+    assert_eq!(s, "fail");
+    assert!(
+        detail.contains("is a file") && detail.contains("move it away"),
+        "{detail}"
+    );
+}

@@ -712,3 +712,31 @@ async fn turning_releases_on_adopts_the_folder_without_a_moment_of_no_local_dir(
         b"a file the user put there"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_releases_folder_on_another_file_system_is_refused_with_the_fix() {
+    let env = Env::default().await;
+    env.put("r/a.txt", "alpha").await;
+    let shm = Path::new("/dev/shm");
+    let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+    if !shm.is_dir() || dev(shm) == dev(env.tmp.path()) {
+        eprintln!("skipped: no second file system at /dev/shm here");
+        return;
+    }
+    let elsewhere = shm.join(format!("gg-s3-sync-rel-{}", fastrand::u32(..)));
+    let cfg = env.write_config(&env.config("r/", |m| {
+        m.insert("releases".into(), json!({"keep": 2, "dir": elsewhere}));
+    }));
+    let run = run_async(once_args(&cfg)).await;
+    let _ = std::fs::remove_dir_all(&elsewhere);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let err = run.stderr();
+    assert!(
+        err.contains("releases.dir") && err.contains("ReleasesDirInvalid"),
+        "{err}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&env.local).is_err(),
+        "nothing synced half-way"
+    );
+}
