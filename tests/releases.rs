@@ -662,6 +662,22 @@ async fn dry_runs_write_nothing_leftovers_stay_out_and_a_removed_release_is_rebu
     assert_eq!(s["release"]["switched"], true, "{s}");
     assert_ne!(live(&env), gone);
     assert_eq!(tree(&env.local)["a.txt"], b"ALPHA");
+
+    // A kill during retention leaves a kept release without its record (the record goes
+    // first): the next pass finishes removing it, and never offers it for rollback.
+    let ids = release_ids(&env);
+    let half = ids
+        .iter()
+        .find(|i| **i != live(&env))
+        .expect("a kept release")
+        .clone();
+    std::fs::remove_file(releases_dir(&env).join(format!("{half}.json"))).unwrap();
+    run_async(once_args(&cfg)).await.assert_ok();
+    assert!(
+        !releases_dir(&env).join(&half).exists(),
+        "{:?}",
+        release_ids(&env)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

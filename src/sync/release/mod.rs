@@ -610,7 +610,14 @@ impl Releases {
     pub fn retain(&self) -> Result<Vec<String>, Error> {
         let live = self.live_id()?;
         let ids = self.ids();
-        let gone = decide::to_remove(&ids, live.as_deref(), self.keep);
+        let mut gone = decide::to_remove(&ids, live.as_deref(), self.keep);
+        // A release whose record is gone was being removed when the process died: finish.
+        for id in &ids {
+            let recorded = self.dir.stat(&format!("{id}.json")).is_some();
+            if !recorded && Some(id) != live.as_ref() && !gone.contains(id) {
+                gone.push(id.clone());
+            }
+        }
         for id in &gone {
             // The record first: a folder without a record is not offered for rollback.
             self.dir.remove(&format!("{id}.json"))?;
