@@ -756,3 +756,51 @@ async fn a_releases_folder_on_another_file_system_is_refused_with_the_fix() {
         "nothing synced half-way"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_keys_a_pass_of_304s_creates_nothing_and_a_change_switches() {
+    let env = Env::default().await;
+    env.put("k/a.txt", "alpha").await;
+    env.put("k/b.txt", "bravo").await;
+    let cfg = env.write_config(&env.config("k/", |m| {
+        m.insert("releases".into(), json!({"keep": 2}));
+        m.insert("keys".into(), json!(["k/a.txt", "k/b.txt"]));
+    }));
+    let debug_run = |cfg: &Path| {
+        std::process::Command::new(common::bin())
+            .args(once_args(cfg))
+            .env("RUST_LOG", "gg_s3_sync=debug")
+            .output()
+            .unwrap()
+    };
+    run_async(once_args(&cfg)).await.assert_ok();
+    let first = live(&env);
+    let out = tokio::task::block_in_place(|| debug_run(&cfg));
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains("staging:"),
+        "a pass of 304s made a staging folder:\n{log}"
+    );
+    assert_eq!(live(&env), first);
+    assert_eq!(release_ids(&env), vec![first.clone()]);
+
+    env.put("k/b.txt", "BRAVO").await;
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["unchanged"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    let t = tree(&env.local);
+    assert_eq!(
+        (t["a.txt"].as_slice(), t["b.txt"].as_slice()),
+        (&b"alpha"[..], &b"BRAVO"[..])
+    );
+    assert_eq!(
+        ino(&env.local.join("a.txt")),
+        ino(&releases_dir(&env).join(&first).join("a.txt")),
+        "the 304 object is linked from the previous release"
+    );
+}

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::{Config, SourceMode};
 use crate::credentials::{rfc3339, IotCredentialsProvider};
-use download::{download_with_retries, Hooks, Job, Outcome};
+use download::{download_with_retries, Hooks, Job, Outcome, Root};
 use filter::Filter;
 use plan::{Action, KeyVerdict, RelPath};
 use s3::{S3Settings, Source};
@@ -585,6 +585,9 @@ impl Syncer {
         while let Some(joined) = tasks.join_next().await {
             self.absorb(joined, &mut summary)?;
         }
+        if releases {
+            self.adopt_lazy_staging();
+        }
         if cancel.is_cancelled() {
             off_runtime(|| self.state.commit())?;
             return Err(Error::Cancelled);
@@ -824,14 +827,15 @@ impl Syncer {
                 Job::Unlisted { .. } => 0,
             });
         }
-        if self.settings.releases.is_some() {
-            off_runtime(|| self.ensure_staging())?;
-        }
-        let root = self.root.clone().ok_or_else(|| local::Error::Io {
-            action: "open",
-            path: self.settings.local_dir.clone(),
-            source: std::io::Error::other("localDir is not open"),
-        })?;
+        let root = if self.settings.releases.is_some() {
+            self.release_root(&job)?
+        } else {
+            Root::Ready(self.root.clone().ok_or_else(|| local::Error::Io {
+                action: "open",
+                path: self.settings.local_dir.clone(),
+                source: std::io::Error::other("localDir is not open"),
+            })?)
+        };
         let cancel = cancel.clone();
         tasks.spawn(async move {
             let key = job.key().to_owned();

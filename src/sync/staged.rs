@@ -2,6 +2,7 @@
 //! changes, then `.staging`), and what happens at its end (switch, discard or hold). The
 //! folder work is in [`release`], the decisions in `release::decide`.
 
+use super::download::{Job, Lazy, Root};
 use super::release::{self, decide, Live, Meta, Releases};
 use super::summary::{ReleaseInfo, ReleaseReport};
 use super::{local, Error, Summary, Syncer};
@@ -19,6 +20,8 @@ pub(super) struct ReleasePass {
     staging: bool,
     /// Whether the staging folder was left by an earlier pass (it holds changes).
     reused: bool,
+    /// The staging folder made on the first body of a conditional GET, if one came.
+    lazy: Option<std::sync::Arc<Lazy>>,
 }
 
 impl Syncer {
@@ -136,21 +139,72 @@ impl Syncer {
         if self.release_pass.staging {
             return Ok(());
         }
-        let rel = self.releases()?.clone();
-        let staging = rel.create_staging(self.release_pass.live.as_deref())?;
+        // Through the pass's one cell: a download task may be making it at the same moment.
+        let staging = self.staging_cell()?.get()?;
+        self.use_staging(staging);
+        Ok(())
+    }
+
+    fn use_staging(&mut self, staging: local::Folder) {
         self.state_release = None;
-        if let Some(from) = &self.release_pass.live_root {
-            let entries = release::with_paths(self.state.records(), &self.settings.prefix);
-            let linked = Releases::link_unchanged(from, &staging, &entries)?;
-            tracing::debug!(
-                linked = linked.len(),
-                of = entries.len(),
-                "staging: unchanged files linked from the live release"
-            );
-        }
         self.root = Some(staging);
         self.release_pass.staging = true;
-        Ok(())
+    }
+
+    /// The pass's staging folder, made on first use: created on the live release with every
+    /// unchanged file linked in (the records as they are when the cell is made, before any
+    /// download of this pass).
+    fn staging_cell(&mut self) -> Result<std::sync::Arc<Lazy>, Error> {
+        if let Some(cell) = &self.release_pass.lazy {
+            return Ok(cell.clone());
+        }
+        let rel = self.releases()?.clone();
+        let live = self.release_pass.live.clone();
+        let from = self.release_pass.live_root.clone();
+        let entries = release::with_paths(self.state.records(), &self.settings.prefix);
+        let cell = std::sync::Arc::new(Lazy::new(move || {
+            let staging = rel.create_staging(live.as_deref())?;
+            if let Some(from) = &from {
+                let linked = Releases::link_unchanged(from, &staging, &entries)?;
+                tracing::debug!(
+                    linked = linked.len(),
+                    of = entries.len(),
+                    "staging: unchanged files linked from the live release"
+                );
+            }
+            Ok(staging)
+        }));
+        self.release_pass.lazy = Some(cell.clone());
+        Ok(cell)
+    }
+
+    /// Where a job of a pass with releases on writes: the staging folder, made now for a
+    /// listed object (it is known to differ), or on the first body for a conditional GET (a
+    /// pass of 304s creates nothing).
+    pub(super) fn release_root(&mut self, job: &Job) -> Result<Root, Error> {
+        let conditional = matches!(
+            job,
+            Job::Unlisted {
+                if_none_match: Some(_),
+                ..
+            }
+        );
+        if self.release_pass.staging || !conditional {
+            self.ensure_staging()?;
+        }
+        match (&self.root, self.release_pass.staging) {
+            (Some(root), true) => Ok(Root::Ready(root.clone())),
+            _ => Ok(Root::Lazy(self.staging_cell()?)),
+        }
+    }
+
+    /// After the pass's downloads: a staging folder made on a body becomes the root.
+    pub(super) fn adopt_lazy_staging(&mut self) {
+        if let Some(made) = self.release_pass.lazy.as_ref().and_then(|l| l.made()) {
+            if !self.release_pass.staging {
+                self.use_staging(made);
+            }
+        }
     }
 
     /// After a pass that ran to its end: switch to the staged release if it is complete and
@@ -234,6 +288,7 @@ impl Syncer {
                             live_root: Some(tree),
                             staging: false,
                             reused: false,
+                            lazy: None,
                         };
                         self.state_release = Some(id);
                         report.switched = true;

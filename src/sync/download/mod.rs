@@ -62,6 +62,72 @@ impl Sink {
     }
 }
 
+/// Where a download goes: a folder, or (releases on) the staging folder made only when the
+/// first body arrives, so a pass of conditional GETs that all answer 304 creates nothing.
+#[derive(Clone)]
+pub(crate) enum Root {
+    /// This folder.
+    Ready(local::Folder),
+    /// Made once, on first use, by the function; shared by the pass's tasks.
+    Lazy(Arc<Lazy>),
+}
+
+/// A folder made on first use.
+pub(crate) struct Lazy {
+    made: std::sync::Mutex<Option<local::Folder>>,
+    make: Box<dyn Fn() -> Result<local::Folder, Error> + Send + Sync>,
+}
+
+impl Lazy {
+    pub(crate) fn new(
+        make: impl Fn() -> Result<local::Folder, Error> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            made: std::sync::Mutex::new(None),
+            make: Box::new(make),
+        }
+    }
+
+    /// The folder, if it was made.
+    pub(crate) fn made(&self) -> Option<local::Folder> {
+        self.made.lock().ok()?.clone()
+    }
+
+    /// The folder, made now if needed (blocking file work: off the runtime's workers).
+    pub(crate) fn get(&self) -> Result<local::Folder, Error> {
+        let mut made = self.made.lock().map_err(|_| {
+            Error::Local(local::Error::Io {
+                action: "make",
+                path: std::path::PathBuf::from(".staging"),
+                source: std::io::Error::other("a task failed while making the staging folder"),
+            })
+        })?;
+        if let Some(f) = made.as_ref() {
+            return Ok(f.clone());
+        }
+        let f = super::off_runtime(|| (self.make)())?;
+        *made = Some(f.clone());
+        Ok(f)
+    }
+}
+
+impl std::fmt::Debug for Lazy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lazy")
+            .field("made", &self.made())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Root {
+    fn folder(&self) -> Result<local::Folder, Error> {
+        match self {
+            Self::Ready(f) => Ok(f.clone()),
+            Self::Lazy(l) => l.get(),
+        }
+    }
+}
+
 /// What every download task shares: the bandwidth limit and the progress sink.
 #[derive(Debug, Clone)]
 pub(crate) struct Hooks {
@@ -153,7 +219,7 @@ impl Drop for AttemptProgress<'_> {
 pub(crate) async fn download_with_retries(
     source: &Source,
     creds: &IotCredentialsProvider,
-    root: &local::Folder,
+    root: &Root,
     job: &Job,
     hooks: &Hooks,
 ) -> Result<Outcome, Error> {
@@ -196,7 +262,7 @@ pub(crate) async fn download_with_retries(
 /// Fetches one object and writes it into place: temp file, verify, fsync, rename.
 async fn download(
     source: &Source,
-    root: &local::Folder,
+    root: &Root,
     job: &Job,
     hooks: &Hooks,
 ) -> Result<Outcome, Error> {
@@ -205,7 +271,7 @@ async fn download(
             && remote.size > hooks.ranged_threshold
             && !remote.etag.is_empty()
         {
-            let (folder, name) = local::prepare_destination(root, rel)?;
+            let (folder, name) = local::prepare_destination(&root.folder()?, rel)?;
             let part_size = (hooks.ranged_threshold / 2).max(1);
             let written = ranged::download(
                 source,
@@ -265,7 +331,7 @@ async fn download(
             (out, remote, rel)
         }
     };
-    let (folder, name) = local::prepare_destination(root, rel)?;
+    let (folder, name) = local::prepare_destination(&root.folder()?, rel)?;
     let parent = folder.path().to_owned();
     let needed = remote.size.saturating_add(DISK_HEADROOM);
     if let Some(free) = folder.free_space() {
