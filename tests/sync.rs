@@ -481,3 +481,52 @@ async fn file_and_dir_modes_apply_whatever_the_umask() {
     assert_eq!(mode("a"), 0o755);
     assert_eq!(mode("a/b"), 0o755);
 }
+
+/// Durability costs one fsync per file and one per folder per batch of objects, not two per
+/// object (counted by strace over the real binary): every file is synced before its rename,
+/// and its folder before the state records it.
+#[tokio::test(flavor = "multi_thread")]
+async fn folder_entries_are_synced_once_per_batch_not_once_per_object() {
+    if !std::process::Command::new("sh")
+        .args(["-c", "command -v strace"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: strace is not installed (scripts/test installs it)");
+        return;
+    }
+    const N: usize = 300;
+    let env = Env::default().await;
+    for i in 0..N {
+        env.put(&format!("f/{i:04}.txt"), format!("object {i}").as_str())
+            .await;
+    }
+    let cfg = env.write_config(&env.config("f/", |_| {}));
+    let trace = env.tmp.path().join("strace.out");
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(&trace)
+            .arg(common::bin())
+            .args(once_args(&cfg))
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&env.local).len(), N);
+    let calls = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("fsync(") || l.contains("fdatasync("))
+        .count();
+    // N files, a few folder syncs (300 / 128 batches), the state file: well under 2 N.
+    assert!(
+        (N..N + 20).contains(&calls),
+        "{calls} fsync calls for {N} objects in one folder"
+    );
+}

@@ -16,9 +16,11 @@
 //! - [`credprov`], [`s3`], [`pki`]: the servers and certificates.
 //! - [`tes`]: the nucleus's token exchange service, as the classic nucleus serves it.
 //! - [`tls_front`]: `https://` in front of a plain server (S3 over TLS, an https proxy).
+//! - [`fleet`]: many devices against one stack, and the load they make over time.
 
 pub mod account;
 pub mod credprov;
+pub mod fleet;
 pub mod iam;
 mod listener;
 pub mod nucleus;

@@ -36,6 +36,34 @@ enum Command {
         #[arg(long)]
         greengrass: bool,
     },
+    /// Many `gg-s3-sync run` devices against one stack: the requests per second reaching S3 and
+    /// the credentials provider over time, as CSV (bench/fleet draws it; docs/fleet.md).
+    Fleet {
+        /// The gg-s3-sync binary (default: next to this program).
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// Devices (processes), each with its own certificate.
+        #[arg(long, default_value_t = 200)]
+        devices: usize,
+        /// syncIntervalSeconds.
+        #[arg(long, default_value_t = 20)]
+        interval: u64,
+        /// syncJitterPercent.
+        #[arg(long, default_value_t = 10)]
+        jitter: u64,
+        /// Objects under each prefix (4 KiB each).
+        #[arg(long, default_value_t = 20)]
+        objects: usize,
+        /// Seconds until the fleet-wide configuration change (another prefix).
+        #[arg(long, default_value_t = 100)]
+        change_at: u64,
+        /// Seconds in all.
+        #[arg(long, default_value_t = 140)]
+        duration: u64,
+        /// The CSV to write.
+        #[arg(long, default_value = "fleet.csv")]
+        out: PathBuf,
+    },
     /// Start the stack with sample data and keep it running until Ctrl-C / SIGTERM.
     Serve {
         /// Folder for the PKI, S3 data and the generated config (kept after exit).
@@ -91,6 +119,33 @@ async fn main() -> ExitCode {
             s3_port,
             credentials_port,
         } => serve(&dir, s3_port, credentials_port).await,
+        Command::Fleet {
+            component,
+            devices,
+            interval,
+            jitter,
+            objects,
+            change_at,
+            duration,
+            out,
+        } => match component_path(component) {
+            Err(e) => Err(e),
+            Ok(component) => {
+                let plan = devstack::fleet::Plan {
+                    component,
+                    devices,
+                    interval,
+                    jitter,
+                    objects,
+                    change_at,
+                    duration,
+                    out,
+                };
+                devstack::fleet::run(&plan)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
+        },
     };
     match result {
         Ok(code) => code,

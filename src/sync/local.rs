@@ -536,6 +536,7 @@ impl TempFile {
         mut self,
         dest: &str,
         mtime: Option<SystemTime>,
+        entry: EntrySync,
     ) -> Result<LocalFile, Error> {
         let path = self.path();
         let mut file = self
@@ -545,10 +546,11 @@ impl TempFile {
         file.flush().await.map_err(io_err("write", &path))?;
         let std_file = file.into_inner().into_std().await;
         let (folder, tmp, dest) = (self.folder.clone(), self.name.clone(), dest.to_owned());
-        let result =
-            tokio::task::spawn_blocking(move || commit_file(&folder, std_file, &tmp, &dest, mtime))
-                .await
-                .map_err(|e| io_err("finish writing", &path)(io::Error::other(e)))?;
+        let result = tokio::task::spawn_blocking(move || {
+            commit_file(&folder, std_file, &tmp, &dest, mtime, entry)
+        })
+        .await
+        .map_err(|e| io_err("finish writing", &path)(io::Error::other(e)))?;
         if result.is_ok() {
             self.committed = true;
         }
@@ -581,6 +583,7 @@ pub async fn write_new(
     dest: &str,
     data: Vec<u8>,
     mtime: Option<SystemTime>,
+    entry: EntrySync,
 ) -> Result<LocalFile, Error> {
     use std::io::Write as _;
     let (folder, dest) = (folder.clone(), dest.to_owned());
@@ -590,7 +593,7 @@ pub async fn write_new(
         let result = file
             .write_all(&data)
             .map_err(io_err("write", &folder.display(&tmp)))
-            .and_then(|()| commit_file(&folder, file, &tmp, &dest, mtime));
+            .and_then(|()| commit_file(&folder, file, &tmp, &dest, mtime, entry));
         if result.is_err() {
             let _ = folder.remove(&tmp);
         }
@@ -600,9 +603,20 @@ pub async fn write_new(
     .map_err(|e| io_err("finish writing", &path)(io::Error::other(e)))?
 }
 
+/// When the folder entry a commit makes is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntrySync {
+    /// The folder is fsynced before the commit returns.
+    Now,
+    /// The caller fsyncs the folder later, once for a batch of commits, and records none of
+    /// them before that (the data itself is always synced before the rename).
+    Batched,
+}
+
 /// The one durable commit of both download paths: `file` (written as `tmp` in `folder`) gets
 /// `mtime`, is fsynced, renamed to `dest` (replacing whatever is there, never following it),
-/// and the folder is fsynced, so the name points at complete data after a crash. Blocking.
+/// and the folder is fsynced ([`EntrySync::Now`], or by the caller for a batch), so the name
+/// points at complete data after a crash. Blocking.
 ///
 /// # Errors
 /// [`Error::Io`] or [`Error::Conflict`].
@@ -612,6 +626,7 @@ pub fn commit_file(
     tmp: &str,
     dest: &str,
     mtime: Option<SystemTime>,
+    entry: EntrySync,
 ) -> Result<LocalFile, Error> {
     let path = folder.display(tmp);
     if let Some(t) = mtime {
@@ -621,7 +636,9 @@ pub fn commit_file(
     file.sync_all().map_err(io_err("sync", &path))?;
     drop(file);
     folder.rename(tmp, dest)?;
-    folder.sync()?;
+    if entry == EntrySync::Now {
+        folder.sync()?;
+    }
     folder
         .observe(dest)
         .ok_or_else(|| io_err("read back", &folder.display(dest))(io::ErrorKind::NotFound.into()))
@@ -766,7 +783,10 @@ mod tests {
         let mut t = TempFile::create(&r).await.unwrap();
         t.write(b"hello").await.unwrap();
         let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-        let got = t.commit("f.txt", Some(mtime)).await.unwrap();
+        let got = t
+            .commit("f.txt", Some(mtime), EntrySync::Now)
+            .await
+            .unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"hello");
         assert_eq!(
             got,
@@ -792,7 +812,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let r = open(&root);
         let mtime = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-        let got = write_new(&r, "f.txt", b"hello".to_vec(), Some(mtime))
+        let got = write_new(&r, "f.txt", b"hello".to_vec(), Some(mtime), EntrySync::Now)
             .await
             .unwrap();
         assert_eq!(fs::read(root.path().join("f.txt")).unwrap(), b"hello");
@@ -806,13 +826,17 @@ mod tests {
         let victim = outside.path().join("victim");
         fs::write(&victim, b"precious").unwrap();
         std::os::unix::fs::symlink(&victim, root.path().join("g.txt")).unwrap();
-        write_new(&r, "g.txt", b"new".to_vec(), None).await.unwrap();
+        write_new(&r, "g.txt", b"new".to_vec(), None, EntrySync::Now)
+            .await
+            .unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert_eq!(fs::read(root.path().join("g.txt")).unwrap(), b"new");
         // A folder at the final name: refused, and no temporary file stays.
         fs::create_dir(root.path().join("d")).unwrap();
         fs::write(root.path().join("d/inside"), b"x").unwrap();
-        assert!(write_new(&r, "d", b"data".to_vec(), None).await.is_err());
+        assert!(write_new(&r, "d", b"data".to_vec(), None, EntrySync::Now)
+            .await
+            .is_err());
         let names: Vec<String> = fs::read_dir(root.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -833,7 +857,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, root.path().join("f.txt")).unwrap();
         let mut t = TempFile::create(&open(&root)).await.unwrap();
         t.write(b"new").await.unwrap();
-        t.commit("f.txt", None).await.unwrap();
+        t.commit("f.txt", None, EntrySync::Now).await.unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert!(fs::symlink_metadata(root.path().join("f.txt"))
             .unwrap()

@@ -398,7 +398,15 @@ pub struct Syncer {
     state_release: Option<String>,
     /// The SHA-256 of the manifest when every entry of it is pinned (the release id uses it).
     pinned_manifest: Option<String>,
+    /// Objects in place whose folder entries are not synced yet: recorded in the state only
+    /// after [`Syncer::flush_committed`] syncs their folders (once per folder per batch).
+    committed: Vec<(String, plan::Recorded, Option<local::Folder>)>,
 }
+
+/// Objects committed before their folders are synced and they are recorded: one folder
+/// fsync per folder for up to this many objects, instead of one per object. A crash loses at
+/// most this many records (those objects are compared again and fetched once more).
+const COMMIT_BATCH: usize = 128;
 
 /// Receives progress while a pass runs (e.g. a terminal progress bar).
 pub trait Progress: Send + Sync + std::fmt::Debug {
@@ -474,6 +482,7 @@ impl Syncer {
             release_pass: staged::ReleasePass::default(),
             state_release: None,
             pinned_manifest: None,
+            committed: Vec::new(),
         }
     }
 
@@ -579,7 +588,7 @@ impl Syncer {
         };
         if let Err(e) = result {
             tasks.shutdown().await;
-            off_runtime(|| self.state.commit())?;
+            off_runtime(|| self.flush_and_commit())?;
             return Err(e);
         }
         while let Some(joined) = tasks.join_next().await {
@@ -589,15 +598,16 @@ impl Syncer {
             self.adopt_lazy_staging();
         }
         if cancel.is_cancelled() {
-            off_runtime(|| self.state.commit())?;
+            off_runtime(|| self.flush_and_commit())?;
             return Err(Error::Cancelled);
         }
         if self.settings.delete_extraneous {
+            off_runtime(|| self.flush_committed())?;
             off_runtime(|| self.delete_extraneous(&seen, dry_run, &mut summary))?;
         }
         if !dry_run {
             // fsync, and now and then a compaction: not on a runtime thread.
-            off_runtime(|| self.state.commit())?;
+            off_runtime(|| self.flush_and_commit())?;
             if releases {
                 summary.release = Some(off_runtime(|| self.finish_release(&summary))?);
             }
@@ -894,6 +904,30 @@ impl Syncer {
         Ok(())
     }
 
+    /// Syncs the folders of the objects committed since the last call (each folder once), then
+    /// records those objects: a record never names a file whose folder entry could be lost.
+    fn flush_committed(&mut self) -> Result<(), Error> {
+        let pending = std::mem::take(&mut self.committed);
+        let mut synced: Vec<&std::path::Path> = Vec::new();
+        for folder in pending.iter().filter_map(|(_, _, f)| f.as_ref()) {
+            if !synced.contains(&folder.path()) {
+                folder.sync()?;
+                synced.push(folder.path());
+            }
+        }
+        for (key, recorded, _) in pending {
+            self.state.record(&key, recorded)?;
+        }
+        Ok(())
+    }
+
+    /// [`Syncer::flush_committed`], then makes the state durable.
+    fn flush_and_commit(&mut self) -> Result<(), Error> {
+        self.flush_committed()?;
+        self.state.commit()?;
+        Ok(())
+    }
+
     fn absorb(
         &mut self,
         joined: Result<Task, tokio::task::JoinError>,
@@ -911,10 +945,14 @@ impl Syncer {
                 key,
                 recorded,
                 bytes,
+                unsynced,
             }) => {
                 summary.downloaded += 1;
                 summary.bytes += bytes;
-                self.state.record(&key, recorded)?;
+                self.committed.push((key, recorded, unsynced));
+                if self.committed.len() >= COMMIT_BATCH {
+                    off_runtime(|| self.flush_committed())?;
+                }
             }
             Ok(Outcome::NotModified) => summary.unchanged += 1,
             Err(Error::Cancelled) => {}

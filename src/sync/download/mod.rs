@@ -55,9 +55,12 @@ impl Sink {
         name: &str,
         mtime: Option<std::time::SystemTime>,
     ) -> Result<plan::LocalFile, local::Error> {
+        // The folder is synced once for a batch of objects by the engine, before it records
+        // any of them (`Syncer::flush_committed`).
+        let entry = local::EntrySync::Batched;
         match self {
-            Self::Memory(data) => local::write_new(folder, name, data, mtime).await,
-            Self::File(t) => (*t).commit(name, mtime).await,
+            Self::Memory(data) => local::write_new(folder, name, data, mtime, entry).await,
+            Self::File(t) => (*t).commit(name, mtime, entry).await,
         }
     }
 }
@@ -178,6 +181,9 @@ pub(crate) enum Outcome {
         key: String,
         recorded: plan::Recorded,
         bytes: u64,
+        /// The folder whose new entry still needs an fsync before the state records the
+        /// object (`None`: synced already).
+        unsynced: Option<local::Folder>,
     },
     NotModified,
 }
@@ -291,6 +297,7 @@ async fn download(
                     mtime_ns: written.mtime_ns,
                 },
                 bytes: remote.size,
+                unsynced: None,
             });
         }
     }
@@ -455,6 +462,7 @@ async fn download(
             mtime_ns: written.mtime_ns,
         },
         bytes: received,
+        unsynced: Some(folder),
     })
 }
 

@@ -297,7 +297,14 @@ async fn download_into(
     let (names, dest, mtime) = (p.clone(), dest.to_owned(), remote.last_modified);
     let written = blocking(p.path(&p.data), move || {
         let file = names.open_data(true)?;
-        let written = local::commit_file(&names.folder, file, &names.data, &dest, mtime)?;
+        let written = local::commit_file(
+            &names.folder,
+            file,
+            &names.data,
+            &dest,
+            mtime,
+            local::EntrySync::Now,
+        )?;
         names.folder.remove(&names.sidecar)?;
         Ok(written)
     })
@@ -379,7 +386,9 @@ async fn fetch_part(
     file.seek(SeekFrom::Start(start))
         .await
         .map_err(io("seek in", data.clone()))?;
-    let mut file = tokio::io::BufWriter::with_capacity(4 * local::WRITE_BUFFER, file);
+    // One write buffer per part in flight (they are bounded by maxConcurrency): 256 KiB, not
+    // 1 MiB, so 16 parts at once hold 4 MiB, not 16 MiB (bench/run, "ten").
+    let mut file = tokio::io::BufWriter::with_capacity(local::WRITE_BUFFER, file);
     let mut body = out.body;
     let expected = end - start + 1;
     let mut shown = super::AttemptProgress::new(hooks.progress.as_ref());
