@@ -116,3 +116,41 @@ async fn keys_that_differ_only_in_case_are_a_reported_conflict() {
     );
     assert_eq!(std::fs::read(local.join("readme.txt")).unwrap(), b"other");
 }
+
+/// A file system without hard or symbolic links (this FUSE one; vfat and exfat too) cannot
+/// hold releases: the pass fails once with the reason and the fix, and no partial release is
+/// left for a reader.
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_on_a_file_system_without_links_fail_with_the_fix() {
+    let env = Env::default().await;
+    let m = match mount(env.tmp.path()) {
+        Ok(m) => m,
+        Err(why) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nSKIPPED a file system without links: {why}"
+            );
+            return;
+        }
+    };
+    env.put("c/a.txt", "a").await;
+    let local = m.point.join("content");
+    let run = env
+        .once_with("c/", |mm| {
+            mm.insert("localDir".into(), local.display().to_string().into());
+            mm.insert("releases".into(), serde_json::json!({"keep": 2}));
+        })
+        .await;
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let err = run.stderr();
+    assert!(
+        err.contains("ReleasesUnsupported")
+            && err.contains("make symbolic links")
+            && err.contains("ext4"),
+        "{err}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&local).is_err(),
+        "no localDir half made"
+    );
+}

@@ -804,3 +804,25 @@ async fn with_keys_a_pass_of_304s_creates_nothing_and_a_change_switches() {
         "the 304 object is linked from the previous release"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_with_nothing_to_do_writes_nothing_beside_local_dir() {
+    let env = Env::default().await;
+    env.put("r/a.txt", "alpha").await;
+    let cfg = env.write_config(&env.config("r/", with_releases(2)));
+    run_async(once_args(&cfg)).await.assert_ok();
+    let stamp = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+    };
+    let (dir, parent) = (releases_dir(&env), env.local.parent().unwrap().to_owned());
+    let before = (stamp(&dir), stamp(&parent), stamp(&env.local));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let s = run_async(once_args(&cfg)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], false, "{s}");
+    assert_eq!(
+        (stamp(&dir), stamp(&parent), stamp(&env.local)),
+        before,
+        "the releases folder, localDir's folder and the link are untouched"
+    );
+}

@@ -283,6 +283,7 @@ impl Error {
                 release::Error::OtherFileSystem { .. } => "ReleasesDirInvalid",
                 release::Error::LocalDirTaken { .. } => "LocalDirTaken",
                 release::Error::UnknownRelease { .. } => "UnknownRelease",
+                release::Error::Unsupported { .. } => "ReleasesUnsupported",
                 release::Error::Io { .. } | release::Error::Local(_) => "LocalFileError",
             },
             Self::State(_) => "StateError",

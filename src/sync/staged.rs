@@ -22,6 +22,8 @@ pub(super) struct ReleasePass {
     reused: bool,
     /// The staging folder made on the first body of a conditional GET, if one came.
     lazy: Option<std::sync::Arc<Lazy>>,
+    /// Whether the releases' file system folds case (probed once per process).
+    case_insensitive: Option<bool>,
 }
 
 impl Syncer {
@@ -70,13 +72,18 @@ impl Syncer {
         if !removed.is_empty() {
             tracing::info!(removed = ?removed, "removed old releases");
         }
-        let insensitive = rel.is_case_insensitive()?;
+        // Probed once per process: a pass with nothing to do creates nothing, not even a probe.
+        let insensitive = match self.release_pass.case_insensitive {
+            Some(known) => known,
+            None => rel.is_case_insensitive()?,
+        };
         if insensitive && self.case_folded.is_none() {
             tracing::info!(releases = %rel.path().display(), "the releases' file system does not tell case apart; keys that differ only in case are reported as conflicts");
         }
         self.case_folded = insensitive.then(std::collections::HashMap::new);
         self.release_pass = ReleasePass {
             live: live_id.clone(),
+            case_insensitive: Some(insensitive),
             ..ReleasePass::default()
         };
         if let Some(staging) = rel.reusable_staging(live_id.as_deref())? {
@@ -289,6 +296,7 @@ impl Syncer {
                             staging: false,
                             reused: false,
                             lazy: None,
+                            case_insensitive: self.release_pass.case_insensitive,
                         };
                         self.state_release = Some(id);
                         report.switched = true;

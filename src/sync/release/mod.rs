@@ -70,6 +70,14 @@ pub enum Error {
         /// The releases folder.
         releases: PathBuf,
     },
+    /// The file system cannot hold releases (no hard links or symbolic links: vfat, exfat).
+    #[error("the file system of {} cannot {what} (vfat and exfat cannot): releases need ext4, xfs, btrfs or f2fs; move localDir and releases.dir to such a file system, or turn releases off", path.display())]
+    Unsupported {
+        /// Where it was tried.
+        path: PathBuf,
+        /// What it cannot do.
+        what: &'static str,
+    },
     /// No such release to roll back to.
     #[error("release '{id}' is not kept in {}; kept releases: {}", releases.display(), if kept.is_empty() { "none".to_owned() } else { kept.join(", ") })]
     UnknownRelease {
@@ -90,6 +98,23 @@ fn io_at(action: &'static str, path: PathBuf) -> impl FnOnce(rustix::io::Errno) 
         action,
         path,
         source: e.into(),
+    }
+}
+
+/// A link the file system refuses to make at all, named as such; other failures as I/O.
+/// vfat answers EPERM; a FUSE file system without the operation ENOSYS or, through fusepy's
+/// defaults, EROFS (the folder was just written, so it is not read-only).
+fn link_err(
+    what: &'static str,
+    action: &'static str,
+    path: PathBuf,
+) -> impl FnOnce(rustix::io::Errno) -> Error {
+    move |e| match e {
+        rustix::io::Errno::PERM
+        | rustix::io::Errno::OPNOTSUPP
+        | rustix::io::Errno::NOSYS
+        | rustix::io::Errno::ROFS => Error::Unsupported { path, what },
+        other => io_at(action, path)(other),
     }
 }
 
@@ -242,6 +267,15 @@ impl Releases {
     /// # Errors
     /// I/O.
     pub fn is_case_insensitive(&self) -> Result<bool, Error> {
+        // Read-only when an entry with letters exists (a release id, current.json): is its
+        // upper-case name the same file? A probe file only on the very first pass.
+        for (name, _, _) in self.dir.entries()? {
+            let upper = name.to_ascii_uppercase();
+            if upper != name {
+                let ino = |n: &str| self.dir.stat(n).map(|st| (st.st_dev, st.st_ino));
+                return Ok(ino(&upper).is_some() && ino(&upper) == ino(&name));
+            }
+        }
         Ok(self.dir.is_case_insensitive()?)
     }
 
@@ -458,7 +492,11 @@ impl Releases {
             let (dst, dst_name) = local::prepare_destination(to, rel)?;
             match rustix::fs::linkat(src.as_fd(), name, dst.as_fd(), dst_name, AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => linked.push(key.clone()),
-                Err(e) => return Err(io_at("link", dst.display(dst_name))(e)),
+                Err(e) => {
+                    return Err(link_err("make hard links", "link", dst.display(dst_name))(
+                        e,
+                    ))
+                }
             }
         }
         Ok(linked)
@@ -503,8 +541,13 @@ impl Releases {
         let tmp = format!(".{}.switch", self.link_name);
         let target = decide::link_target(self.parent.path(), &self.dir_path, id);
         let _ = self.parent.remove(&tmp);
-        rustix::fs::symlinkat(target.as_path(), self.parent.as_fd(), tmp.as_str())
-            .map_err(io_at("create the link", self.parent.display(&tmp)))?;
+        rustix::fs::symlinkat(target.as_path(), self.parent.as_fd(), tmp.as_str()).map_err(
+            link_err(
+                "make symbolic links",
+                "create the link",
+                self.parent.display(&tmp),
+            ),
+        )?;
         if live == Live::Folder {
             // A folder cannot be renamed over: exchange the two names in one call, so
             // `localDir` is never missing.
