@@ -16,7 +16,7 @@ impl Endpoint {
     /// trailing `/`.
     ///
     /// # Errors
-    /// Returns the problem, phrased for a [`FieldError`].
+    /// Returns the problem, phrased for a [`FieldError`](crate::config::FieldError).
     pub fn parse(input: &str) -> Result<Self, String> {
         let s = input.trim();
         let s = s.strip_prefix("https://").unwrap_or(s);

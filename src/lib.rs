@@ -7,7 +7,8 @@
 //! - [`credentials`]: certificate → temporary AWS credentials at the AWS IoT credentials
 //!   provider (mutual TLS), with its own cache, single flight, refresh ahead, negative cache.
 //! - [`sync`]: the engine; `sync::plan` decides (pure), `sync::s3` and `sync::local` do I/O,
-//!   `sync::state` remembers what was written.
+//!   `sync::state` remembers what was written, `sync::release` keeps atomic releases (opt-in;
+//!   `release::decide` is pure) and `sync::staged` builds one in a pass.
 //! - [`ipc`]: Greengrass IPC client (frame/codec/rpc/model/client).
 //! - [`discovery`]: Greengrass mode fills configuration gaps from the nucleus (pure).
 //! - [`status`]: the status document (pure).
@@ -15,7 +16,8 @@
 //! - [`progress`]: the terminal progress bar of `once`.
 //! - [`proxy`]: which proxy a request goes through, credentials redacted (pure).
 //! - [`check`]: the preflight doctor (`gg-s3-sync check`).
-//! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled.
+//! - [`app`]: the supervisors (file mode, Greengrass mode) that run passes until cancelled;
+//!   `app::trigger` reads trigger messages (pure).
 //! - [`lock`]: one writer per `localDir` and state file (flock; the holder's PID).
 //! - [`endpoint`], [`glob`], [`topic`]: `host:port` endpoints, key globs and MQTT topic
 //!   filters (pure parsers and matchers).

@@ -4,7 +4,7 @@
 //! `AWS_CONTAINER_CREDENTIALS_FULL_URI` (the classic nucleus:
 //! `http://localhost:<port>/2016-11-01/credentialprovider/`) and
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN`, sent as the `Authorization` header. The answer is the AWS
-//! SDK's container format. The two nuclei answer failures differently ([`classify`]):
+//! SDK's container format. The two nuclei answer failures differently (`classify`):
 //!
 //! - classic (`tes/CredentialRequestHandler.java`): a missing or wrong token is 403 with an
 //!   empty body; the credentials provider's errors are passed on with their status and
