@@ -371,6 +371,18 @@ async fn rollback_by_command_holds_until_the_content_changes() {
     let listed = cli(&["releases", "--json", "--config", cfg_s]);
     assert_eq!(listed.code(), Some(0), "{}", listed.stderr());
     let list: Value = serde_json::from_str(&listed.stdout()).unwrap();
+    // Nothing before the first release: said so, nothing moves.
+    let lonely = Env::default().await;
+    lonely.put("r/x.txt", "x").await;
+    let lonely_cfg = lonely.write_config(&lonely.config("r/", with_releases(3)));
+    run_async(once_args(&lonely_cfg)).await.assert_ok();
+    let r = cli(&["rollback", "--config", lonely_cfg.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(1));
+    assert!(
+        r.stderr().contains("nothing to roll back to"),
+        "{}",
+        r.stderr()
+    );
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     assert_eq!(list[1]["id"], second.as_str());
     assert_eq!(list[1]["live"], true);

@@ -282,7 +282,9 @@ impl Error {
             Self::Release(e) => match e {
                 release::Error::OtherFileSystem { .. } => "ReleasesDirInvalid",
                 release::Error::LocalDirTaken { .. } => "LocalDirTaken",
-                release::Error::UnknownRelease { .. } => "UnknownRelease",
+                release::Error::UnknownRelease { .. } | release::Error::NoPrevious { .. } => {
+                    "UnknownRelease"
+                }
                 release::Error::Unsupported { .. } => "ReleasesUnsupported",
                 release::Error::Io { .. } | release::Error::Local(_) => "LocalFileError",
             },

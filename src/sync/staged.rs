@@ -434,10 +434,9 @@ pub fn rollback(
     let state_path = settings.state_dir.join(settings.state_file_name());
     let _lock = InstanceLock::acquire(rel.path(), &state_path)?;
     let live = rel.live_id()?.ok_or_else(|| {
-        Error::Release(release::Error::UnknownRelease {
-            id: to.unwrap_or("(previous)").to_owned(),
+        Error::Release(release::Error::NoPrevious {
+            live: "none (no release is live yet)".into(),
             releases: rel.path().to_owned(),
-            kept: rel.ids(),
         })
     })?;
     let kept = rel.ids();
@@ -458,10 +457,9 @@ pub fn rollback(
                         .cloned()
                 })
                 .ok_or_else(|| {
-                    Error::Release(release::Error::UnknownRelease {
-                        id: "(previous)".into(),
+                    Error::Release(release::Error::NoPrevious {
+                        live: live.clone(),
                         releases: rel.path().to_owned(),
-                        kept: kept.clone(),
                     })
                 })?
         }

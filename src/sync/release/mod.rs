@@ -78,6 +78,14 @@ pub enum Error {
         /// What it cannot do.
         what: &'static str,
     },
+    /// Nothing kept to roll back to.
+    #[error("no release before {live} is kept in {}; nothing to roll back to (keep more with releases.keep)", releases.display())]
+    NoPrevious {
+        /// The live release (or "none").
+        live: String,
+        /// The releases folder.
+        releases: PathBuf,
+    },
     /// No such release to roll back to.
     #[error("release '{id}' is not kept in {}; kept releases: {}", releases.display(), if kept.is_empty() { "none".to_owned() } else { kept.join(", ") })]
     UnknownRelease {
