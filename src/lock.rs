@@ -53,12 +53,13 @@ impl InstanceLock {
             let path = path.to_owned();
             move |source| Error::Io { path, source }
         };
-        // O_NOFOLLOW: the folder itself, never where a symlink planted in its place points.
+        // The folder the pass writes to: the configured path may be a link the user chose (or
+        // the link releases left when they were turned off), as `Folder::open_root` allows;
+        // nothing below it is followed. Two paths to one folder share one lock.
         let dir = rustix::fs::open(
             local_dir,
             rustix::fs::OFlags::RDONLY
                 | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::NOFOLLOW
                 | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )

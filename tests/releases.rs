@@ -838,3 +838,20 @@ async fn a_pass_with_nothing_to_do_writes_nothing_beside_local_dir() {
         "the releases folder, localDir's folder and the link are untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn turning_releases_off_keeps_syncing_through_the_link() {
+    let env = Env::default().await;
+    env.put("r/a.txt", "v1").await;
+    let on = env.write_config(&env.config("r/", with_releases(2)));
+    run_async(once_args(&on)).await.assert_ok();
+    let release = live(&env);
+    // Off again: localDir is still the link to the last release; passes sync through it (it
+    // is the folder the user's path names) instead of failing on the link.
+    env.put("r/a.txt", "v2").await;
+    let off = env.write_config(&env.config("r/", |_| {}));
+    let s = run_async(once_args(&off)).await.assert_ok();
+    assert_eq!(s["downloaded"], 1, "{s}");
+    assert_eq!(std::fs::read(env.local.join("a.txt")).unwrap(), b"v2");
+    assert_eq!(live(&env), release);
+}
