@@ -418,3 +418,32 @@ fn the_recipe_depends_softly_on_the_token_exchange_service() {
     assert_eq!(dep["DependencyType"], "SOFT", "{dep}");
     assert!(dep["VersionRequirement"].is_string());
 }
+
+/// The same refusal through the fake nucleus's lite personality (which reproduces ggconfigd's):
+/// a deployment turns releases on over the recipe's defaults; over a `""` default it could not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lite_deployment_can_turn_releases_on_over_the_recipe_defaults() {
+    use devstack::nucleus::{FakeNucleus, Personality};
+    let text = std::fs::read_to_string(Path::new(ROOT).join("recipe.yaml")).unwrap();
+    let recipe: Value = serde_norway::from_str(&text).unwrap();
+    let defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let nucleus = FakeNucleus::start_as(dir.path(), Personality::Lite)
+        .await
+        .unwrap();
+    nucleus.register_component("com.example.S3Sync", defaults.clone());
+    assert!(nucleus.deploy_configuration("com.example.S3Sync", &json!({"releases": {"keep": "3"}})));
+    assert_eq!(
+        nucleus.configuration("com.example.S3Sync")["releases"]["keep"],
+        "3"
+    );
+
+    let mut scalar = defaults;
+    scalar["releases"] = json!("");
+    nucleus.register_component("com.example.Other", scalar);
+    assert!(
+        !nucleus.deploy_configuration("com.example.Other", &json!({"releases": {"keep": "3"}})),
+        "lite refuses keys below a value"
+    );
+    assert_eq!(nucleus.configuration("com.example.Other")["releases"], "");
+}

@@ -455,6 +455,20 @@ fn merge(
     }
 }
 
+/// Whether merging `patch` into `target` would put keys below a key that holds a value.
+/// Nucleus lite's ggconfigd refuses such a write ("value already present for key … Failing
+/// request.", modules/ggconfigd/src/db_interface.c); the classic nucleus replaces the value.
+fn children_under_a_value(target: &Value, patch: &Value) -> bool {
+    let (Some(t), Some(p)) = (target.as_object(), patch.as_object()) else {
+        return false;
+    };
+    p.iter().any(|(k, v)| match t.get(k) {
+        Some(Value::Object(_)) => children_under_a_value(&t[k], v),
+        Some(Value::Null) | None => false,
+        Some(_) => v.is_object(),
+    })
+}
+
 /// MQTT-style filter match (`+` one level, `#` the rest).
 fn topic_matches(filter: &str, topic: &str) -> bool {
     let mut f = filter.split('/');
@@ -597,12 +611,12 @@ impl FakeNucleus {
 
     /// A cloud deployment's `configurationUpdate.merge`: on the classic nucleus the job document
     /// went through Gson, so every number arrives as a double.
-    pub fn deploy_configuration(&self, component: &str, value: &Value) {
+    pub fn deploy_configuration(&self, component: &str, value: &Value) -> bool {
         let value = match self.personality() {
             Personality::Classic => gson_doubles(value),
             Personality::Lite => value.clone(),
         };
-        self.update_configuration(component, &[], &value);
+        self.update_configuration(component, &[], &value)
     }
 
     /// Ends `component`'s topic subscriptions from the server side (an empty TERMINATE), as a
@@ -667,8 +681,25 @@ impl FakeNucleus {
 
     /// Merges `value` at `key_path` into a component's configuration, as a deployment's
     /// `configurationUpdate.merge` does, and notifies subscribers of each changed node.
-    pub fn update_configuration(&self, component: &str, key_path: &[&str], value: &Value) {
+    /// Returns `false` when the lite personality refuses it as ggconfigd does: keys below a
+    /// key that holds a value (nothing changes then).
+    pub fn update_configuration(&self, component: &str, key_path: &[&str], value: &Value) -> bool {
         let mut s = lock(&self.state);
+        if s.personality == Personality::Lite {
+            let mut wrapped = value.clone();
+            for k in key_path.iter().rev() {
+                wrapped = json!({ *k: wrapped });
+            }
+            let current = s
+                .config
+                .get(component)
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            if children_under_a_value(&current, &wrapped) {
+                tracing::warn!(component, ?key_path, "value already present for a key of this update; failing request (as lite's ggconfigd)");
+                return false;
+            }
+        }
         let root = s
             .config
             .entry(component.to_owned())
@@ -710,6 +741,7 @@ impl FakeNucleus {
                 }
             }
         }
+        true
     }
 
     /// Publishes a JSON message on a local topic, as another component would.
@@ -1474,6 +1506,25 @@ mod tests {
             changed,
             vec![vec!["a".to_owned(), "c".to_owned()], vec!["e".to_owned()]]
         );
+    }
+
+    #[test]
+    fn lite_refuses_keys_below_a_value_as_ggconfigd_does() {
+        let c = json!({"releases": "", "mqtt": {}, "prefix": "a/"});
+        assert!(children_under_a_value(
+            &c,
+            &json!({"releases": {"keep": "3"}})
+        ));
+        assert!(!children_under_a_value(&c, &json!({"releases": "x"})));
+        assert!(!children_under_a_value(
+            &c,
+            &json!({"mqtt": {"endpoint": "h"}})
+        ));
+        assert!(!children_under_a_value(&c, &json!({"new": {"k": 1}})));
+        assert!(children_under_a_value(
+            &json!({"a": {"b": 1}}),
+            &json!({"a": {"b": {"c": 2}}})
+        ));
     }
 
     #[test]
