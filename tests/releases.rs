@@ -828,14 +828,24 @@ async fn a_pass_with_nothing_to_do_writes_nothing_beside_local_dir() {
         (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
     };
     let (dir, parent) = (releases_dir(&env), env.local.parent().unwrap().to_owned());
-    let before = (stamp(&dir), stamp(&parent), stamp(&env.local));
+    let before = (
+        stamp(&dir),
+        stamp(&parent),
+        stamp(&env.local),
+        stamp(&env.state),
+    );
     std::thread::sleep(std::time::Duration::from_millis(20));
     let s = run_async(once_args(&cfg)).await.assert_ok();
     assert_eq!(s["release"]["switched"], false, "{s}");
     assert_eq!(
-        (stamp(&dir), stamp(&parent), stamp(&env.local)),
+        (
+            stamp(&dir),
+            stamp(&parent),
+            stamp(&env.local),
+            stamp(&env.state)
+        ),
         before,
-        "the releases folder, localDir's folder and the link are untouched"
+        "the releases folder, localDir's folder, the link and the state folder are untouched"
     );
 }
 

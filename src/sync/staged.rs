@@ -103,7 +103,15 @@ impl Syncer {
                     // The state follows the live release (after a rollback, after a crash
                     // between building a release and switching to it).
                     if let Some(meta) = rel.meta(&id) {
-                        self.state.replace_all(release::records_of(&meta))?;
+                        let records = release::records_of(&meta);
+                        let same = records.len() == self.state.len()
+                            && records
+                                .iter()
+                                .all(|(k, r)| self.state.get(k).as_ref() == Some(r));
+                        // Rewritten only when it differs: a restart alone writes nothing.
+                        if !same {
+                            self.state.replace_all(records)?;
+                        }
                     }
                     self.state_release = Some(id);
                 }
