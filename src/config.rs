@@ -240,13 +240,7 @@ pub struct ReleaseSettings {
 /// The default releases folder: a hidden sibling of `localDir`, so on its file system.
 #[must_use]
 pub fn default_releases_dir(local_dir: &Path) -> PathBuf {
-    let name = local_dir
-        .file_name()
-        .map_or_else(|| "root".into(), |n| n.to_string_lossy().into_owned());
-    local_dir
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .join(format!(".{name}.releases"))
+    hidden_sibling(local_dir, "releases")
 }
 
 /// `mqtt`: status over MQTT with the device certificate, for devices without Greengrass.
@@ -1126,13 +1120,18 @@ pub enum CredentialsSource {
 /// never inside the synced folder, and the same wherever the command is started.
 #[must_use]
 pub fn default_state_dir(local_dir: &Path) -> PathBuf {
+    hidden_sibling(local_dir, "gg-s3-sync")
+}
+
+/// `.<localDir name>.<suffix>` in `localDir`'s folder.
+fn hidden_sibling(local_dir: &Path, suffix: &str) -> PathBuf {
     let name = local_dir
         .file_name()
         .map_or_else(|| "root".into(), |n| n.to_string_lossy().into_owned());
     local_dir
         .parent()
         .unwrap_or(Path::new("/"))
-        .join(format!(".{name}.gg-s3-sync"))
+        .join(format!(".{name}.{suffix}"))
 }
 
 /// Whether `inner` is `outer` or below it, comparing normalised components (`.` and `..`

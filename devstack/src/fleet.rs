@@ -16,24 +16,29 @@ use serde_json::Value;
 use crate::account::Device;
 use crate::{DevStack, Options};
 
-/// What to simulate.
-#[derive(Debug, Clone)]
+/// What to simulate (also `devstack fleet`'s options).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Plan {
-    /// The gg-s3-sync binary.
-    pub component: PathBuf,
-    /// Devices.
+    /// Devices (processes), each with its own certificate.
+    #[arg(long, default_value_t = 200)]
     pub devices: usize,
-    /// `syncIntervalSeconds`.
+    /// syncIntervalSeconds.
+    #[arg(long, default_value_t = 20)]
     pub interval: u64,
-    /// `syncJitterPercent`.
+    /// syncJitterPercent.
+    #[arg(long, default_value_t = 10)]
     pub jitter: u64,
-    /// Objects under each prefix.
+    /// Objects under each prefix (4 KiB each).
+    #[arg(long, default_value_t = 20)]
     pub objects: usize,
-    /// Seconds before the fleet-wide configuration change.
+    /// Seconds until the fleet-wide configuration change (another prefix).
+    #[arg(long, default_value_t = 100)]
     pub change_at: u64,
     /// Seconds in all.
+    #[arg(long, default_value_t = 140)]
     pub duration: u64,
     /// The CSV written: `t,list,get,credentials` (cumulative counts, every 100 ms).
+    #[arg(long, default_value = "fleet.csv")]
     pub out: PathBuf,
 }
 
@@ -58,8 +63,8 @@ fn config(
     c
 }
 
-fn spawn(plan: &Plan, cfg: &Path) -> anyhow::Result<tokio::process::Child> {
-    tokio::process::Command::new(&plan.component)
+fn spawn(component: &Path, cfg: &Path) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new(component)
         .args(["run", "--config"])
         .arg(cfg)
         .env("RUST_LOG", "warn")
@@ -67,7 +72,7 @@ fn spawn(plan: &Plan, cfg: &Path) -> anyhow::Result<tokio::process::Child> {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot run {}", plan.component.display()))
+        .with_context(|| format!("cannot run {}", component.display()))
 }
 
 async fn stop_all(children: &mut Vec<tokio::process::Child>) {
@@ -84,11 +89,11 @@ async fn stop_all(children: &mut Vec<tokio::process::Child>) {
     children.clear();
 }
 
-/// Runs the simulation and writes the CSV.
+/// Runs the simulation with the gg-s3-sync binary `component` and writes the CSV.
 ///
 /// # Errors
 /// If the stack, a device or a process cannot be set up.
-pub async fn run(plan: &Plan) -> anyhow::Result<()> {
+pub async fn run(component: &Path, plan: &Plan) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let stack = DevStack::start(&tmp.path().join("stack"), Options::default()).await?;
     let bucket = stack.options.bucket.clone();
@@ -131,7 +136,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     let mut children = Vec::new();
     for cfg in &configs {
-        children.push(spawn(plan, cfg)?);
+        children.push(spawn(component, cfg)?);
     }
     let mut changed = false;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -153,7 +158,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
                     cfg,
                     &config(&stack, &dir, (i, &certs[i]), "fleet/b/", plan),
                 )?;
-                children.push(spawn(plan, cfg)?);
+                children.push(spawn(component, cfg)?);
             }
         }
         if t >= plan.duration as f64 {

@@ -42,27 +42,8 @@ enum Command {
         /// The gg-s3-sync binary (default: next to this program).
         #[arg(long)]
         component: Option<PathBuf>,
-        /// Devices (processes), each with its own certificate.
-        #[arg(long, default_value_t = 200)]
-        devices: usize,
-        /// syncIntervalSeconds.
-        #[arg(long, default_value_t = 20)]
-        interval: u64,
-        /// syncJitterPercent.
-        #[arg(long, default_value_t = 10)]
-        jitter: u64,
-        /// Objects under each prefix (4 KiB each).
-        #[arg(long, default_value_t = 20)]
-        objects: usize,
-        /// Seconds until the fleet-wide configuration change (another prefix).
-        #[arg(long, default_value_t = 100)]
-        change_at: u64,
-        /// Seconds in all.
-        #[arg(long, default_value_t = 140)]
-        duration: u64,
-        /// The CSV to write.
-        #[arg(long, default_value = "fleet.csv")]
-        out: PathBuf,
+        #[command(flatten)]
+        plan: devstack::fleet::Plan,
     },
     /// Start the stack with sample data and keep it running until Ctrl-C / SIGTERM.
     Serve {
@@ -119,32 +100,11 @@ async fn main() -> ExitCode {
             s3_port,
             credentials_port,
         } => serve(&dir, s3_port, credentials_port).await,
-        Command::Fleet {
-            component,
-            devices,
-            interval,
-            jitter,
-            objects,
-            change_at,
-            duration,
-            out,
-        } => match component_path(component) {
+        Command::Fleet { component, plan } => match component_path(component) {
+            Ok(component) => devstack::fleet::run(&component, &plan)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Err(e) => Err(e),
-            Ok(component) => {
-                let plan = devstack::fleet::Plan {
-                    component,
-                    devices,
-                    interval,
-                    jitter,
-                    objects,
-                    change_at,
-                    duration,
-                    out,
-                };
-                devstack::fleet::run(&plan)
-                    .await
-                    .map(|()| ExitCode::SUCCESS)
-            }
         },
     };
     match result {

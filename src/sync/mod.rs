@@ -44,8 +44,7 @@ use filter::Filter;
 use plan::{Action, KeyVerdict, RelPath};
 use s3::{S3Settings, Source};
 pub use staged::{
-    describe as describe_releases, list as list_releases, report as release_report, rollback,
-    KeptRelease, RolledBack,
+    list as list_releases, report as release_report, rollback, KeptRelease, RolledBack,
 };
 use state::StateStore;
 pub use summary::{KeyProblem, PlannedAction, ReleaseInfo, ReleaseReport, Summary};

@@ -39,19 +39,7 @@ impl Syncer {
 
     fn open_releases(&mut self) -> Result<Releases, Error> {
         if self.releases.is_none() {
-            let cfg = self.settings.releases.clone().ok_or_else(|| {
-                Error::Local(local::Error::Io {
-                    action: "open",
-                    path: self.settings.local_dir.clone(),
-                    source: std::io::Error::other("releases are off"),
-                })
-            })?;
-            self.releases = Some(Releases::open(
-                &self.settings.local_dir,
-                &cfg.dir,
-                cfg.keep,
-                self.settings.modes,
-            )?);
+            self.releases = Some(open_for(&self.settings)?);
         }
         Ok(self.releases()?.clone())
     }
@@ -324,10 +312,7 @@ impl Syncer {
 }
 
 /// The live release and the one before it, for status documents.
-///
-/// # Errors
-/// As [`Releases::live`].
-pub fn describe(rel: &Releases) -> Result<(Option<ReleaseInfo>, Option<ReleaseInfo>), Error> {
+fn describe(rel: &Releases) -> Result<(Option<ReleaseInfo>, Option<ReleaseInfo>), Error> {
     let switches = rel.switches();
     let info = |id: &str| {
         let meta = rel.meta(id)?;

@@ -3,6 +3,7 @@
 
 use sha2::{Digest as _, Sha256};
 
+use crate::sync::hex;
 use crate::sync::plan::Recorded;
 
 /// Prefix of the entries `{key, versionId, sha256}` of a pinned manifest record in the state
@@ -27,10 +28,6 @@ pub fn pinned_sha256(tag: &str) -> Option<&str> {
 #[must_use]
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The digest of a release's tree: SHA-256 over its objects sorted by key, one line each of

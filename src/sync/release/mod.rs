@@ -412,19 +412,13 @@ impl Releases {
     /// # Errors
     /// I/O.
     pub fn reusable_staging(&self, live: Option<&str>) -> Result<Option<Folder>, Error> {
-        let Some(staging) = self.dir.subfolder(STAGING, false)? else {
-            return Ok(None);
-        };
-        let base = self
-            .dir
-            .open_file(STAGING_BASE, false)?
-            .and_then(|f| io::read_to_string(f).ok())
-            .unwrap_or_else(|| "?".into());
-        if base.trim() == live.unwrap_or("") {
+        if let Some(staging) = self.reusable_staging_read_only(live)? {
             return Ok(Some(staging));
         }
-        tracing::info!(base = %base.trim(), live = ?live, "removing a staging folder built on another release");
-        self.remove_staging()?;
+        if self.dir.stat(STAGING).is_some() {
+            tracing::info!(live = ?live, "removing a staging folder built on another release");
+            self.remove_staging()?;
+        }
         Ok(None)
     }
 
