@@ -76,18 +76,22 @@ fn mount(dir: &Path) -> Result<Mount, String> {
     Err("the FUSE mount did not appear".into())
 }
 
+/// The mount, or `None` after saying on stderr why the test is skipped.
+fn mount_or_skip(dir: &Path, what: &str) -> Option<Mount> {
+    match mount(dir) {
+        Ok(m) => Some(m),
+        Err(why) => {
+            let _ = writeln!(std::io::stderr(), "\nSKIPPED {what}: {why}");
+            None
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_that_differ_only_in_case_are_a_reported_conflict() {
     let env = Env::default().await;
-    let m = match mount(env.tmp.path()) {
-        Ok(m) => m,
-        Err(why) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "\nSKIPPED case-insensitive file system: {why}"
-            );
-            return;
-        }
+    let Some(m) = mount_or_skip(env.tmp.path(), "case-insensitive file system") else {
+        return;
     };
     env.put("c/Readme.txt", "upper").await;
     env.put("c/README.TXT", "other").await;
@@ -123,15 +127,8 @@ async fn keys_that_differ_only_in_case_are_a_reported_conflict() {
 #[tokio::test(flavor = "multi_thread")]
 async fn releases_on_a_file_system_without_links_fail_with_the_fix() {
     let env = Env::default().await;
-    let m = match mount(env.tmp.path()) {
-        Ok(m) => m,
-        Err(why) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "\nSKIPPED a file system without links: {why}"
-            );
-            return;
-        }
+    let Some(m) = mount_or_skip(env.tmp.path(), "a file system without links") else {
+        return;
     };
     env.put("c/a.txt", "a").await;
     let local = m.point.join("content");

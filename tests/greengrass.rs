@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, noise, python, tree, Env};
+use common::{bin, noise, tree, Env};
 use devstack::nucleus::{FakeNucleus, Personality};
 use serde_json::{json, Value};
 
@@ -154,30 +154,8 @@ impl Gg {
             docs.push(serde_json::from_slice(&p.payload).expect("IoT Core payload is JSON"));
         }
         let releases: Vec<Value> = releases.into_iter().map(|p| p.message).collect();
-        self.validate("status", &docs) + self.validate("release", &releases)
-    }
-
-    fn validate(&self, schema: &str, docs: &[Value]) -> usize {
-        let file = self.dir.join(format!("published-{schema}.json"));
-        std::fs::write(&file, serde_json::to_vec(&docs).unwrap()).unwrap();
-        let out = Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/py/validate_status.py"
-            ))
-            .arg(format!(
-                "{}/docs/{schema}.schema.json",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .arg(&file)
-            .output()
-            .expect("python with jsonschema (run scripts/test)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        common::validate_documents(&self.dir, "status", &docs)
+            + common::validate_documents(&self.dir, "release", &releases)
     }
 }
 

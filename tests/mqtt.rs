@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{bin, python, Env};
+use common::{bin, Env};
 use devstack::Device;
 use serde_json::{json, Value};
 
@@ -219,25 +219,7 @@ async fn status_trigger_and_last_will_over_mqtt() {
         .map(|(_, v)| v.clone())
         .collect();
     assert!(docs.len() >= 5, "{docs:?}");
-    let file = env.tmp.path().join("docs.json");
-    std::fs::write(&file, serde_json::to_vec(&docs).unwrap()).unwrap();
-    let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/validate_status.py"
-        ))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/status.schema.json"
-        ))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    common::validate_documents(env.tmp.path(), "status", &docs);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -416,23 +398,5 @@ async fn release_live_and_rollback_over_mqtt() {
         .filter(|(t, _)| t == "gg-s3-sync/release")
         .map(|(_, v)| v.clone())
         .collect();
-    let file = env.tmp.path().join("releases.json");
-    std::fs::write(&file, serde_json::to_vec(&docs).unwrap()).unwrap();
-    let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/validate_status.py"
-        ))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/release.schema.json"
-        ))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    common::validate_documents(env.tmp.path(), "release", &docs);
 }

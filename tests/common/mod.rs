@@ -197,6 +197,31 @@ pub async fn run_async(args: Vec<String>) -> Run {
     .expect("join")
 }
 
+/// Validates `docs` against `docs/<schema>.schema.json` with Python's jsonschema (a validator
+/// nobody here wrote), writing them to `dir`; returns how many were validated.
+pub fn validate_documents(dir: &Path, schema: &str, docs: &[Value]) -> usize {
+    let file = dir.join(format!("published-{schema}.json"));
+    std::fs::write(&file, serde_json::to_vec(docs).unwrap()).unwrap();
+    let out = std::process::Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/validate_status.py"
+        ))
+        .arg(format!(
+            "{}/docs/{schema}.schema.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(&file)
+        .output()
+        .expect("python with jsonschema (run scripts/test)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 /// The Python interpreter with the reference clients (boto3, awscrt): `GG_S3_SYNC_PYTHON`,
 /// else the project's `.venv`, else `python3`.
 pub fn python() -> String {
