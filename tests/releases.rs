@@ -638,6 +638,23 @@ async fn dry_runs_write_nothing_leftovers_stay_out_and_a_removed_release_is_rebu
     assert_eq!(s["planned"].as_array().unwrap().len(), 2, "{s}");
     assert!(!releases_dir(&env).exists());
     assert!(std::fs::symlink_metadata(&env.local).is_err());
+    // So do the commands.
+    let listed = cli(&["releases", "--json", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(
+        (listed.code(), listed.stdout().trim()),
+        (Some(0), "[]"),
+        "{}",
+        listed.stderr()
+    );
+    let r = cli(&["rollback", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        r.stderr().contains("no release is live yet"),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        !releases_dir(&env).exists() && !env.local.parent().unwrap().join(".local.switch").exists()
+    );
 
     run_async(once_args(&cfg)).await.assert_ok();
     let first = live(&env);
@@ -864,4 +881,11 @@ async fn turning_releases_off_keeps_syncing_through_the_link() {
     assert_eq!(s["downloaded"], 1, "{s}");
     assert_eq!(std::fs::read(env.local.join("a.txt")).unwrap(), b"v2");
     assert_eq!(live(&env), release);
+    let r = cli(&["releases", "--config", off.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(1));
+    assert!(
+        r.stderr().contains("releases are off") && r.stderr().contains("ReleasesOff"),
+        "{}",
+        r.stderr()
+    );
 }

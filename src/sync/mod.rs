@@ -285,6 +285,7 @@ impl Error {
                     "UnknownRelease"
                 }
                 release::Error::Unsupported { .. } => "ReleasesUnsupported",
+                release::Error::Off => "ReleasesOff",
                 release::Error::Io { .. } | release::Error::Local(_) => "LocalFileError",
             },
             Self::State(_) => "StateError",

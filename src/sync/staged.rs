@@ -39,7 +39,7 @@ impl Syncer {
 
     fn open_releases(&mut self) -> Result<Releases, Error> {
         if self.releases.is_none() {
-            self.releases = Some(open_for(&self.settings)?);
+            self.releases = open_for(&self.settings, true)?;
         }
         Ok(self.releases()?.clone())
     }
@@ -119,11 +119,7 @@ impl Syncer {
     /// The read-only root of a dry run: what a real pass would compare against.
     pub(super) fn release_dry_root(&mut self) -> Option<local::Folder> {
         // A dry run creates nothing: no releases folder yet means nothing synced yet.
-        let dir = &self.settings.releases.as_ref()?.dir;
-        if self.releases.is_none() && !dir.is_dir() {
-            return None;
-        }
-        let rel = self.open_releases().ok()?;
+        let rel = open_for(&self.settings, false).ok()??;
         let live = rel.live_id().ok()?;
         if let Ok(Some(staging)) = rel.reusable_staging_read_only(live.as_deref()) {
             return Some(staging);
@@ -368,19 +364,19 @@ pub struct RolledBack {
     pub to: String,
 }
 
-fn open_for(settings: &super::SyncSettings) -> Result<Releases, Error> {
-    let cfg = settings.releases.as_ref().ok_or_else(|| {
-        Error::Release(release::Error::UnknownRelease {
-            id: String::new(),
-            releases: settings.local_dir.clone(),
-            kept: vec!["(releases are off: set releases: {keep: N} in the configuration)".into()],
-        })
-    })?;
+/// The releases of `settings`, created if `create`; `None` if there are none yet and not
+/// `create` (a command or a dry run creates nothing).
+fn open_for(settings: &super::SyncSettings, create: bool) -> Result<Option<Releases>, Error> {
+    let cfg = settings
+        .releases
+        .as_ref()
+        .ok_or(Error::Release(release::Error::Off))?;
     Ok(Releases::open(
         &settings.local_dir,
         &cfg.dir,
         cfg.keep,
         settings.modes,
+        create,
     )?)
 }
 
@@ -389,7 +385,9 @@ fn open_for(settings: &super::SyncSettings) -> Result<Releases, Error> {
 /// # Errors
 /// Releases off, or I/O.
 pub fn list(settings: &super::SyncSettings) -> Result<Vec<KeptRelease>, Error> {
-    let rel = open_for(settings)?;
+    let Some(rel) = open_for(settings, false)? else {
+        return Ok(Vec::new());
+    };
     let live = rel.live_id()?;
     Ok(rel
         .ids()
@@ -423,15 +421,23 @@ pub fn rollback(
     to: Option<&str>,
     now: &str,
 ) -> Result<RolledBack, Error> {
-    let rel = open_for(settings)?;
-    let state_path = settings.state_dir.join(settings.state_file_name());
-    let _lock = InstanceLock::acquire(rel.path(), &state_path)?;
-    let live = rel.live_id()?.ok_or_else(|| {
+    let no_release = |releases: &std::path::Path| {
         Error::Release(release::Error::NoPrevious {
             live: "none (no release is live yet)".into(),
-            releases: rel.path().to_owned(),
+            releases: releases.to_owned(),
         })
-    })?;
+    };
+    let Some(rel) = open_for(settings, false)? else {
+        let dir = settings
+            .releases
+            .as_ref()
+            .map(|r| r.dir.clone())
+            .unwrap_or_default();
+        return Err(no_release(&dir));
+    };
+    let state_path = settings.state_dir.join(settings.state_file_name());
+    let _lock = InstanceLock::acquire(rel.path(), &state_path)?;
+    let live = rel.live_id()?.ok_or_else(|| no_release(rel.path()))?;
     let kept = rel.ids();
     let target = match to {
         Some(id) => id.to_owned(),
@@ -489,7 +495,9 @@ pub fn rollback(
 /// # Errors
 /// Releases off, or I/O.
 pub fn report(settings: &super::SyncSettings) -> Result<ReleaseReport, Error> {
-    let rel = open_for(settings)?;
+    let Some(rel) = open_for(settings, false)? else {
+        return Ok(ReleaseReport::default());
+    };
     let (live, previous) = describe(&rel)?;
     Ok(ReleaseReport {
         live,

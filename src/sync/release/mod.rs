@@ -78,6 +78,11 @@ pub enum Error {
         /// What it cannot do.
         what: &'static str,
     },
+    /// A releases command for a configuration without releases.
+    #[error(
+        "releases are off in this configuration; set releases: {{keep: N}} (see docs/releases.md)"
+    )]
+    Off,
     /// Nothing kept to roll back to.
     #[error("no release before {live} is kept in {}; nothing to roll back to (keep more with releases.keep)", releases.display())]
     NoPrevious {
@@ -211,11 +216,18 @@ pub struct Releases {
 }
 
 impl Releases {
-    /// Opens (creating) the releases folder `dir` for `local_dir`.
+    /// Opens the releases folder `dir` for `local_dir`, creating it (and `localDir`'s folder)
+    /// if `create`; `None` when it does not exist and `create` is off (nothing synced yet).
     ///
     /// # Errors
     /// [`Error::OtherFileSystem`], or I/O.
-    pub fn open(local_dir: &Path, dir: &Path, keep: usize, modes: Modes) -> Result<Self, Error> {
+    pub fn open(
+        local_dir: &Path,
+        dir: &Path,
+        keep: usize,
+        modes: Modes,
+        create: bool,
+    ) -> Result<Option<Self>, Error> {
         let parent_path = local_dir
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -230,6 +242,10 @@ impl Releases {
                 releases: dir.to_owned(),
             })?
             .to_owned();
+        let exists = dir.is_dir() && parent_path.is_dir();
+        if !create && !exists {
+            return Ok(None);
+        }
         std::fs::create_dir_all(&parent_path).map_err(|source| Error::Io {
             action: "create the folder of localDir",
             path: parent_path.clone(),
@@ -249,7 +265,7 @@ impl Releases {
                 parent: parent_path,
             });
         }
-        Ok(Self {
+        Ok(Some(Self {
             parent,
             link_name,
             local_dir: local_dir.to_owned(),
@@ -261,7 +277,7 @@ impl Releases {
                 file: None,
                 dir: modes.dir,
             },
-        })
+        }))
     }
 
     /// The releases folder.
