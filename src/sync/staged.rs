@@ -56,7 +56,7 @@ impl Syncer {
             Live::Release(id) => Some(id.clone()),
             _ => None,
         };
-        let removed = rel.retain()?;
+        let removed = rel.retain(live_id.as_deref())?;
         if !removed.is_empty() {
             tracing::info!(removed = ?removed, "removed old releases");
         }
@@ -290,9 +290,9 @@ impl Syncer {
                             lazy: None,
                             case_insensitive: self.release_pass.case_insensitive,
                         };
-                        self.state_release = Some(id);
                         report.switched = true;
-                        let removed = rel.retain()?;
+                        let removed = rel.retain(Some(&id))?;
+                        self.state_release = Some(id);
                         if !removed.is_empty() {
                             tracing::info!(removed = ?removed, "removed old releases");
                         }

@@ -663,19 +663,18 @@ impl Releases {
         Ok(())
     }
 
-    /// Removes all but the newest `keep` releases (never the live one), their records, records
+    /// Removes all but the newest `keep` releases (never `live`), their records, records
     /// without a release, and leftover temporary files. Returns the ids removed.
     ///
     /// # Errors
     /// I/O.
-    pub fn retain(&self) -> Result<Vec<String>, Error> {
-        let live = self.live_id()?;
+    pub fn retain(&self, live: Option<&str>) -> Result<Vec<String>, Error> {
         let ids = self.ids();
-        let mut gone = decide::to_remove(&ids, live.as_deref(), self.keep);
+        let mut gone = decide::to_remove(&ids, live, self.keep);
         // A release whose record is gone was being removed when the process died: finish.
         for id in &ids {
             let recorded = self.dir.stat(&format!("{id}.json")).is_some();
-            if !recorded && Some(id) != live.as_ref() && !gone.contains(id) {
+            if !recorded && Some(id.as_str()) != live && !gone.contains(id) {
                 gone.push(id.clone());
             }
         }
