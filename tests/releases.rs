@@ -889,3 +889,37 @@ async fn turning_releases_off_keeps_syncing_through_the_link() {
         r.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_start_a_lowered_keep_and_a_staging_folder_built_on_another_release_are_cleaned() {
+    let env = Env::default().await;
+    let cfg = env.write_config(&env.config("r/", with_releases(3)));
+    for n in 1..=3 {
+        publish(&env, "r/", n).await;
+        run_async(once_args(&cfg)).await.assert_ok();
+    }
+    assert_eq!(release_ids(&env).len(), 3);
+    // A failed pass leaves a staging folder; then its base no longer is the live release (as
+    // after the link was pointed elsewhere by hand).
+    publish(&env, "r/", 4).await;
+    env.stack
+        .s3
+        .inject("r/model.bin", Fault::Status("AccessDenied"), 1);
+    assert_eq!(run_async(once_args(&cfg)).await.code(), Some(1));
+    let staging = releases_dir(&env).join(".staging");
+    assert!(staging.exists());
+    std::fs::write(releases_dir(&env).join(".staging.base"), "000001-tdeadbeef").unwrap();
+    // keep lowered to 1, nothing new to fetch beyond release 4's objects.
+    let one = env.write_config(&env.config("r/", with_releases(1)));
+    let s = run_async(once_args(&one)).await.assert_ok();
+    assert_eq!(s["release"]["switched"], true, "{s}");
+    assert_eq!(
+        release_ids(&env),
+        vec![live(&env)],
+        "only the live release is kept"
+    );
+    assert!(!staging.exists());
+    assert_eq!(snapshot(&env.local).unwrap(), Some(4));
+    // The abandoned staging folder's downloads were not reused: all four objects fetched.
+    assert_eq!(s["downloaded"], SET.len() as u64, "{s}");
+}
