@@ -183,5 +183,10 @@ pub async fn run(component: &Path, plan: &Plan) -> anyhow::Result<()> {
         plan.out.display()
     );
     stack.stop().await;
+    anyhow::ensure!(
+        synced == plan.devices,
+        "only {synced} of {} devices synced the changed prefix",
+        plan.devices
+    );
     Ok(())
 }
