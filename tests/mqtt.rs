@@ -105,6 +105,24 @@ fn watcher(env: &Env, port: u16) -> Client {
     }
 }
 
+/// A configuration for `prefix` with status over MQTT on the broker at `port`, a pass an hour
+/// (only triggers start others), and `edit` applied.
+fn mqtt_config(
+    env: &Env,
+    prefix: &str,
+    port: u16,
+    edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+) -> std::path::PathBuf {
+    env.write_config(&env.config(prefix, |m| {
+        m.insert(
+            "mqtt".into(),
+            json!({"endpoint": format!("localhost:{port}")}),
+        );
+        m.insert("syncIntervalSeconds".into(), "3600".into());
+        edit(m);
+    }))
+}
+
 async fn wait_for(
     messages: &Arc<Mutex<Vec<(String, Value)>>>,
     what: &str,
@@ -137,13 +155,7 @@ async fn status_trigger_and_last_will_over_mqtt() {
     let (_sub, messages) = client.subscribe("gg-s3-sync/#");
     tokio::time::sleep(Duration::from_millis(300)).await; // the subscription is in place
 
-    let cfg = env.write_config(&env.config("m/", |m| {
-        m.insert(
-            "mqtt".into(),
-            json!({"endpoint": format!("localhost:{port}")}),
-        );
-        m.insert("syncIntervalSeconds".into(), "3600".into());
-    }));
+    let cfg = mqtt_config(&env, "m/", port, |_| {});
     let spawn = || run_component(&env, &cfg);
     let mut component = Proc(spawn());
     let topic = format!("gg-s3-sync/{}/status", env.stack.options.thing_name);
@@ -245,13 +257,7 @@ async fn reconnects_and_resubscribes_after_the_broker_restarts() {
     env.put("r/a.txt", "a").await;
     let (broker1, port) = broker(&env);
     let client = watcher(&env, port);
-    let cfg = env.write_config(&env.config("r/", |m| {
-        m.insert(
-            "mqtt".into(),
-            json!({"endpoint": format!("localhost:{port}")}),
-        );
-        m.insert("syncIntervalSeconds".into(), "3600".into());
-    }));
+    let cfg = mqtt_config(&env, "r/", port, |_| {});
     let _component = Proc(
         Command::new(bin())
             .args(["run", "--config", cfg.to_str().unwrap()])
@@ -310,13 +316,7 @@ async fn a_pass_with_many_problems_keeps_the_mqtt_connection() {
     let client = watcher(&env, port);
     let (_sub, messages) = client.subscribe("gg-s3-sync/#");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cfg = env.write_config(&env.config("m/", |m| {
-        m.insert(
-            "mqtt".into(),
-            json!({"endpoint": format!("localhost:{port}")}),
-        );
-        m.insert("syncIntervalSeconds".into(), "3600".into());
-    }));
+    let cfg = mqtt_config(&env, "m/", port, |_| {});
     let log = env.tmp.path().join("component.log");
     let _component = Proc(run_component(&env, &cfg));
     let s = wait_for(&messages, "a status with 300 skipped keys", |_, v| {
@@ -363,14 +363,9 @@ async fn release_live_and_rollback_over_mqtt() {
     let client = watcher(&env, port);
     let (_sub, messages) = client.subscribe("gg-s3-sync/#");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cfg = env.write_config(&env.config("m/", |m| {
-        m.insert(
-            "mqtt".into(),
-            json!({"endpoint": format!("localhost:{port}")}),
-        );
-        m.insert("syncIntervalSeconds".into(), "3600".into());
+    let cfg = mqtt_config(&env, "m/", port, |m| {
         m.insert("releases".into(), json!({"keep": 2}));
-    }));
+    });
     let _component = Proc(run_component(&env, &cfg));
     let first = wait_for(&messages, "a first release", |t, v| {
         t == "gg-s3-sync/release" && v["cause"] == "sync"
