@@ -45,10 +45,22 @@ def server_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def machine_cpu():
+    """Busy CPU seconds of the whole machine so far (every CPU; idle and iowait excluded):
+    with the tool's and the server's CPU it shows what runs elsewhere, e.g. the kernel's
+    flusher threads writing back what a tool left dirty."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 def timed(cmd, env, work, server_pid):
-    """Runs cmd under GNU time; returns wall, cpu (user+sys), rss (MiB), server cpu."""
+    """Runs cmd under GNU time; returns wall, cpu (user+sys), rss (MiB), server cpu and the
+    machine's busy CPU over the run."""
     out = os.path.join(work, "time.out")
     before = server_cpu(server_pid)
+    machine_before = machine_cpu()
     p = subprocess.run(
         ["/usr/bin/time", "-f", "%e %U %S %M", "-o", out] + cmd,
         env=env,
@@ -56,6 +68,7 @@ def timed(cmd, env, work, server_pid):
         stderr=subprocess.PIPE,
     )
     after = server_cpu(server_pid)
+    machine = machine_cpu() - machine_before
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr.decode()[-2000:]}")
     wall, user, system, kb = open(out).read().split()[-4:]
@@ -64,6 +77,7 @@ def timed(cmd, env, work, server_pid):
         "cpu": float(user) + float(system),
         "rss": int(kb) / 1024,
         "server_cpu": after - before,
+        "machine_cpu": machine,
     }
 
 
@@ -91,6 +105,18 @@ class Bench:
         self.work = tempfile.mkdtemp(prefix="gg-s3-sync-bench.")
         self.samples = []  # {tool, scenario, round, wall, cpu, rss, server_cpu}
         self.ceilings = []  # {what, scenario, round, wall}
+        # Variants: other gg-s3-sync builds or settings, run in the same rounds (A/B).
+        self.variants = {}
+        for v in a.variant:
+            name, _, spec = v.partition("=")
+            path, *envs = spec.split(":")
+            if not name or not path:
+                sys.exit(f"--variant {v!r}: expected NAME=PATH[:VAR=VALUE...]")
+            self.variants[name] = (path, dict(e.split("=", 1) for e in envs))
+        self.tools = [t for t in TOOLS if not a.only or t in a.only.split(",")] + list(self.variants)
+        self.scenarios = [x for x in SCENARIOS if not a.scenarios or x in a.scenarios.split(",")]
+        if any(x in self.scenarios for x in ("small-noop", "small-one")) and "small-first" not in self.scenarios:
+            sys.exit("--scenarios: small-noop and small-one need small-first")
 
     # ---- the server -------------------------------------------------------------------
     def start(self):
@@ -142,8 +168,11 @@ class Bench:
         blobs = os.path.join(self.work, "blobs")
         os.makedirs(blobs)
         self.large_blob = os.path.join(blobs, "blob.bin")
-        write_random(self.large_blob, a.large_mib << 20)
-        self.s5(["cp", self.large_blob, f"s3://{self.bucket}/bench/large/blob.bin"])
+        if "large" in self.scenarios:
+            write_random(self.large_blob, a.large_mib << 20)
+            self.s5(["cp", self.large_blob, f"s3://{self.bucket}/bench/large/blob.bin"])
+        if "ten" not in self.scenarios:
+            return
         for i in range(a.ten):
             p = os.path.join(blobs, f"part-{i:02d}.bin")
             write_random(p, a.ten_mib << 20)
@@ -172,6 +201,10 @@ class Bench:
         src = f"s3://{self.bucket}/{prefix}"
         if tool == "gg-s3-sync":
             return [self.a.gg, "once", "--config", self.gg_config(prefix, dest)]
+        if tool in self.variants:
+            path, envs = self.variants[tool]
+            return ["env"] + [f"{k}={v}" for k, v in envs.items()] + [
+                path, "once", "--config", self.gg_config(prefix, dest)]
         if tool == "aws-cli":
             return [self.a.python, "-m", "awscli", "s3", "sync", "--only-show-errors",
                     "--endpoint-url", self.endpoint, src, dest]
@@ -257,11 +290,11 @@ class Bench:
 
     # ---- the run ----------------------------------------------------------------------
     def run(self):
-        tools = [t for t in TOOLS if not self.a.only or t in self.a.only.split(",")]
+        tools = self.tools
         for r in range(self.a.rounds):
             order = tools[r % len(tools):] + tools[: r % len(tools)]
             print(f"round {r + 1}/{self.a.rounds}: {' '.join(order)}", flush=True)
-            for scenario in SCENARIOS:
+            for scenario in self.scenarios:
                 if scenario == "small-one":
                     self.change_one(r)
                 for tool in order:
@@ -282,18 +315,18 @@ class Bench:
             f"{a.small} x 4 KiB objects, 1 x {a.large_mib} MiB, {a.ten} x {a.ten_mib} MiB; "
             f"{a.rounds} alternating round(s); median (min-max); xN = the tool's median / gg-s3-sync's.",
             "",
-            "| scenario | tool | wall s | client CPU s | peak RSS MiB | server CPU s | wall xN | CPU xN |",
-            "|---|---|---|---|---|---|---|---|",
+            "| scenario | tool | wall s | client CPU s | peak RSS MiB | server CPU s | machine CPU s | wall xN | CPU xN |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         summary = {}
-        for scenario in SCENARIOS:
+        for scenario in self.scenarios:
             base = [x for x in self.samples if x["scenario"] == scenario and x["tool"] == "gg-s3-sync"]
-            for tool in TOOLS:
+            for tool in self.tools:
                 rows = [x for x in self.samples if x["scenario"] == scenario and x["tool"] == tool]
                 if not rows:
                     continue
                 cells = {}
-                for key in ("wall", "cpu", "rss", "server_cpu"):
+                for key in ("wall", "cpu", "rss", "server_cpu", "machine_cpu"):
                     cells[key] = self.stats(rows, key)
                 summary[f"{scenario}/{tool}"] = {k: v[0] for k, v in cells.items()}
                 fmt = lambda k, d: f"{cells[k][0]:.{d}f} ({cells[k][1]:.{d}f}-{cells[k][2]:.{d}f})"
@@ -303,7 +336,7 @@ class Bench:
                 )
                 lines.append(
                     f"| {scenario} | {tool} | {fmt('wall', 2)} | {fmt('cpu', 2)} | {fmt('rss', 0)} | "
-                    f"{fmt('server_cpu', 2)} | {ratio('wall')} | {ratio('cpu')} |"
+                    f"{fmt('server_cpu', 2)} | {fmt('machine_cpu', 2)} | {ratio('wall')} | {ratio('cpu')} |"
                 )
         lines += ["", "| ceiling (same run) | median s (min-max) | gg-s3-sync median / ceiling |", "|---|---|---|"]
         for what, scenario in (("LIST", "small-noop"), ("GET", "large"), ("GET", "ten")):
@@ -331,7 +364,8 @@ class Bench:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        tools = [t for t in TOOLS if any(x["tool"] == t for x in self.samples)]
+        tools = [t for t in self.tools if any(x["tool"] == t for x in self.samples)]
+        scenarios = self.scenarios
         fig, axes = plt.subplots(2, 1, figsize=(10, 7.5))
         width = 0.8 / len(tools)
         colors = {"gg-s3-sync": "#d9480f", "aws-cli": "#868e96", "s5cmd": "#1c7ed6", "rclone": "#37b24d"}
@@ -339,16 +373,16 @@ class Bench:
                                (axes[1], "rss", "peak RSS, MiB (median, min-max)")):
             for i, tool in enumerate(tools):
                 meds, errs = [], [[], []]
-                for scenario in SCENARIOS:
+                for scenario in scenarios:
                     rows = [x for x in self.samples if x["scenario"] == scenario and x["tool"] == tool]
                     m, lo, hi = self.stats(rows, key) if rows else (0, 0, 0)
                     meds.append(m)
                     errs[0].append(m - lo)
                     errs[1].append(hi - m)
-                xs = [j + (i - (len(tools) - 1) / 2) * width for j in range(len(SCENARIOS))]
+                xs = [j + (i - (len(tools) - 1) / 2) * width for j in range(len(scenarios))]
                 ax.bar(xs, meds, width, yerr=errs, capsize=2, label=tool, color=colors.get(tool))
-            ax.set_xticks(range(len(SCENARIOS)))
-            ax.set_xticklabels(SCENARIOS)
+            ax.set_xticks(range(len(scenarios)))
+            ax.set_xticklabels(scenarios)
             ax.set_ylabel(label)
             ax.grid(axis="y", alpha=0.3)
         axes[0].legend(ncol=len(tools))
@@ -369,6 +403,9 @@ def main():
     p.add_argument("--ten", type=int, default=10)
     p.add_argument("--ten-mib", type=int, default=100)
     p.add_argument("--only", default="", help="comma-separated tools")
+    p.add_argument("--scenarios", default="", help="comma-separated scenarios (default: all)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=PATH[:VAR=VALUE...]",
+                   help="another gg-s3-sync build (and environment) to run in the same rounds")
     p.add_argument("--out", help="write the markdown tables here")
     p.add_argument("--json", help="write every sample here")
     p.add_argument("--chart", help="write the PNG chart here")
