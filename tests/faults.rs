@@ -229,6 +229,81 @@ async fn a_full_disk_is_reported_with_numbers_and_loses_nothing() {
     );
 }
 
+/// Small objects go through the group-commit writer, which can meet a full disk after the
+/// download counted (here the inodes run out, which the free-bytes check before a download
+/// cannot see): each one it cannot write is a DiskFull failure (not a download), leaves no
+/// temporary file, and is not recorded; every object that fitted is complete and recorded
+/// (the next pass finds it unchanged).
+#[tokio::test(flavor = "multi_thread")]
+async fn small_objects_that_meet_a_full_disk_in_the_writer_are_failures_not_downloads() {
+    let env = Env::default().await;
+    let disk = SmallDisk::mount(env.tmp.path().join("small"), "4m,nr_inodes=24");
+    const N: u64 = 48;
+    const SIZE: usize = 4_000;
+    for i in 0..N {
+        env.put(&format!("w/{i:02}.bin"), noise(SIZE, i)).await;
+    }
+    let edit = |m: &mut serde_json::Map<String, serde_json::Value>| {
+        m.insert("localDir".into(), disk.0.display().to_string().into());
+    };
+    let r = env.once_with("w/", edit).await;
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let s = r.summary();
+    let (downloaded, failed) = (
+        s["downloaded"].as_u64().unwrap(),
+        s["failed"].as_u64().unwrap(),
+    );
+    assert_eq!(downloaded + failed, N, "{s}");
+    assert!(downloaded > 0 && failed > 0, "{s}");
+    let failures = s["failures"].as_array().unwrap();
+    assert!(
+        failures.iter().all(|f| f["code"] == "DiskFull"),
+        "{failures:?}"
+    );
+    let t = tree(&disk.0);
+    assert!(
+        !t.keys().any(|k| k.contains(".gg-s3-sync.")),
+        "no temporary file left: {:?}",
+        t.keys()
+    );
+    assert_eq!(t.len() as u64, downloaded, "{:?}", t.keys());
+    for (name, body) in &t {
+        let i: u64 = name.trim_end_matches(".bin").parse().unwrap();
+        assert_eq!(body, &noise(SIZE, i), "{name} is complete");
+    }
+    // What was written is recorded: the next pass downloads nothing it already has (and a
+    // full disk does not stop the pass before it starts).
+    let r = env.once_with("w/", edit).await;
+    let s = r.summary();
+    assert_eq!(s["unchanged"].as_u64(), Some(downloaded), "{s}");
+    assert_eq!(s["downloaded"].as_u64(), Some(0), "{s}");
+}
+
+/// A device whose disk filled up after it synced everything still passes: nothing to write,
+/// nothing to fail. (Every pass failed with LocalFileError, because the pass began by creating
+/// a probe file to learn whether the file system tells case apart.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_synced_folder_on_a_full_disk_still_passes() {
+    let env = Env::default().await;
+    let disk = SmallDisk::mount(env.tmp.path().join("small"), "4m,nr_inodes=8");
+    for i in 0..4 {
+        env.put(&format!("f/{i}.txt"), format!("file {i}").as_str())
+            .await;
+    }
+    let edit = |m: &mut serde_json::Map<String, serde_json::Value>| {
+        m.insert("localDir".into(), disk.0.display().to_string().into());
+    };
+    env.once_with("f/", edit).await.assert_ok();
+    // Someone else fills the disk (its inodes).
+    let mut filler = 0;
+    while std::fs::write(disk.0.join(format!("other-{filler}")), b"x").is_ok() {
+        filler += 1;
+    }
+    assert!(filler > 0);
+    let s = env.once_with("f/", edit).await.assert_ok();
+    assert_eq!(s["unchanged"], 4, "{s}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_transfer_is_abandoned_and_retried() {
     let env = Env::default().await;

@@ -60,6 +60,15 @@ pub enum Error {
     },
 }
 
+/// An [`Error::Io`] for `action` on `path`.
+pub(crate) fn io_error(action: &'static str, path: PathBuf, source: io::Error) -> Error {
+    Error::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Io {
         action,
@@ -347,16 +356,54 @@ impl Folder {
     }
 
     /// Whether this folder's file system tells `a` from `A` (vfat and exfat, common on SD
-    /// cards, do not): a probe file is created in lower case and looked up in upper case.
+    /// cards, do not). Read-only when the folder has an entry with a letter: is its other-case
+    /// name the same file? Otherwise a probe file is created in lower case and looked up in
+    /// upper case. With no entry to look at and no room for a probe (a full disk), the folder
+    /// is taken as case-sensitive: nothing can be written into it anyway, and a pass must not
+    /// fail before it starts.
     ///
     /// # Errors
-    /// [`Error::Io`] if the probe cannot be created.
+    /// [`Error::Io`] if the folder cannot be read or the probe cannot be created.
     pub fn is_case_insensitive(&self) -> Result<bool, Error> {
+        if let Some(name) = self.first_entry(|n| n.to_ascii_uppercase() != n)? {
+            let inode = |n: &str| self.stat(n).map(|st| (st.st_dev, st.st_ino));
+            match (inode(&name), inode(&name.to_ascii_uppercase())) {
+                // An insensitive file system would have found it.
+                (_, None) => return Ok(false),
+                (Some(a), Some(b)) if a == b => return Ok(true),
+                // Two files, or one through a FUSE file system without stable inode
+                // numbers: the probe tells.
+                _ => {}
+            }
+        }
         let probe = format!("{TEMP_PREFIX}case{:08x}{TEMP_SUFFIX}", fastrand::u32(..));
-        drop(self.create_new(&probe)?);
+        match self.create_new(&probe) {
+            Ok(file) => drop(file),
+            Err(e) if is_disk_full(&e) => {
+                tracing::debug!(folder = %self.path.display(), "no room for a case probe; taken as case-sensitive");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
         let folded = self.stat(&probe.to_uppercase()).is_some();
         self.remove(&probe)?;
         Ok(folded)
+    }
+
+    /// The first entry (in the folder's order) whose name `wanted` accepts, reading no further.
+    fn first_entry(&self, wanted: impl Fn(&str) -> bool) -> Result<Option<String>, Error> {
+        let dup = rustix::fs::openat(&*self.fd, ".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+        let mut dir =
+            rustix::fs::Dir::new(dup).map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+            let name = entry.file_name().to_string_lossy();
+            if name != "." && name != ".." && wanted(&name) {
+                return Ok(Some(name.into_owned()));
+            }
+        }
+        Ok(None)
     }
 
     /// Makes the folder's entries durable (after a rename or removal).
@@ -560,7 +607,7 @@ impl TempFile {
 
 /// A new temporary file in `folder` under a random name (`O_CREAT | O_EXCL | O_NOFOLLOW`: a
 /// name taken by anything, a planted symlink included, is skipped for another). Blocking.
-fn create_temp(folder: &Folder) -> Result<(String, fs::File), Error> {
+pub(crate) fn create_temp(folder: &Folder) -> Result<(String, fs::File), Error> {
     loop {
         let name = format!("{TEMP_PREFIX}{:016x}{TEMP_SUFFIX}", fastrand::u64(..));
         match folder.create_new(&name) {

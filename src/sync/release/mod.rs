@@ -291,15 +291,7 @@ impl Releases {
     /// # Errors
     /// I/O.
     pub fn is_case_insensitive(&self) -> Result<bool, Error> {
-        // Read-only when an entry with letters exists (a release id, current.json): is its
-        // upper-case name the same file? A probe file only on the very first pass.
-        for (name, _, _) in self.dir.entries()? {
-            let upper = name.to_ascii_uppercase();
-            if upper != name {
-                let ino = |n: &str| self.dir.stat(n).map(|st| (st.st_dev, st.st_ino));
-                return Ok(ino(&upper).is_some() && ino(&upper) == ino(&name));
-            }
-        }
+        // Read-only once an entry with letters exists (a release id, current.json).
         Ok(self.dir.is_case_insensitive()?)
     }
 
