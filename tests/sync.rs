@@ -482,11 +482,13 @@ async fn file_and_dir_modes_apply_whatever_the_umask() {
     assert_eq!(mode("a/b"), 0o755);
 }
 
-/// Durability costs one fsync per file and one per folder per batch of objects, not two per
-/// object (counted by strace over the real binary): every file is synced before its rename,
-/// and its folder before the state records it.
+/// Durability is paid per batch, not per object (counted by strace over the real binary):
+/// small objects are written as temporary files, made durable with one `syncfs` per batch,
+/// renamed, and their folder fsynced once, before the state records them. The trace also
+/// proves the order: no temporary file is renamed to its final name before a `syncfs` (or an
+/// `fsync` of that file) finished after it was created.
 #[tokio::test(flavor = "multi_thread")]
-async fn folder_entries_are_synced_once_per_batch_not_once_per_object() {
+async fn small_objects_are_made_durable_a_batch_at_a_time() {
     if !std::process::Command::new("sh")
         .args(["-c", "command -v strace"])
         .stdout(std::process::Stdio::null())
@@ -506,7 +508,13 @@ async fn folder_entries_are_synced_once_per_batch_not_once_per_object() {
     let trace = env.tmp.path().join("strace.out");
     let out = tokio::task::block_in_place(|| {
         std::process::Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+            .args([
+                "-f",
+                "-qq",
+                "-e",
+                "trace=openat,fsync,fdatasync,syncfs,renameat,renameat2",
+                "-o",
+            ])
             .arg(&trace)
             .arg(common::bin())
             .args(once_args(&cfg))
@@ -519,14 +527,130 @@ async fn folder_entries_are_synced_once_per_batch_not_once_per_object() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(tree(&env.local).len(), N);
-    let calls = std::fs::read_to_string(&trace)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("fsync(") || l.contains("fdatasync("))
-        .count();
-    // N files, a few folder syncs (300 / 128 batches), the state file: well under 2 N.
-    assert!(
-        (N..N + 20).contains(&calls),
-        "{calls} fsync calls for {N} objects in one folder"
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let check = durable_order(&text);
+    assert_eq!(
+        check.renamed, N,
+        "every object renamed from a temporary file"
     );
+    assert!(
+        check.violations.is_empty(),
+        "renamed before durable: {:?}\n{}",
+        &check.violations[..check.violations.len().min(3)],
+        text.lines()
+            .filter(|l| l.contains("syncfs") || l.contains("rename"))
+            .take(12)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // 300 objects: a few syncfs (one per batch of up to 128 objects), a few folder fsyncs,
+    // the state file: not one per object.
+    assert!(
+        check.syncs < 20,
+        "{} fsync/syncfs calls for {N} objects in one folder",
+        check.syncs
+    );
+    assert!(check.syncfs > 0, "no syncfs in the trace");
+}
+
+struct DurableOrder {
+    /// Temporary files renamed to a final name.
+    renamed: usize,
+    /// fsync, fdatasync and syncfs calls.
+    syncs: usize,
+    syncfs: usize,
+    /// Temporary files renamed without a completed sync since their creation.
+    violations: Vec<String>,
+}
+
+/// Reads an `strace -f` log: a temporary file (`.gg-s3-sync.*.part`) becomes durable when a
+/// `syncfs` returns after its creation, or an `fsync` of its descriptor returns; renaming it
+/// before that is a violation. Calls split by another thread ("<unfinished ...>" and
+/// "<... resumed>") count where they return.
+fn durable_order(text: &str) -> DurableOrder {
+    use std::collections::HashMap;
+    let mut created: HashMap<String, bool> = HashMap::new(); // name -> durable
+    let mut fd_name: HashMap<String, String> = HashMap::new();
+    let mut pending_open: HashMap<String, String> = HashMap::new(); // pid -> name
+    let mut pending_fsync: HashMap<String, String> = HashMap::new(); // pid -> fd
+    let mut out = DurableOrder {
+        renamed: 0,
+        syncs: 0,
+        syncfs: 0,
+        violations: Vec::new(),
+    };
+    let temp_name = |line: &str| -> Option<String> {
+        let start = line.find("\".gg-s3-sync.")? + 1;
+        let end = start + line[start..].find('"')?;
+        Some(line[start..end].to_owned()).filter(|n| n.ends_with(".part"))
+    };
+    // strace pads short calls: `syncfs(22)                        = 0`.
+    let result = |line: &str| {
+        line.rsplit_once(" = ")
+            .filter(|(call, _)| call.trim_end().ends_with(')'))
+            .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_owned())
+    };
+    for line in text.lines() {
+        let pid = line.split_whitespace().next().unwrap_or("").to_owned();
+        let returns = result(line).is_some() && !line.contains("<unfinished");
+        if line.contains("syncfs(") || line.contains("<... syncfs resumed>") {
+            if returns && result(line).as_deref() == Some("0") {
+                out.syncs += 1;
+                out.syncfs += 1;
+                for durable in created.values_mut() {
+                    *durable = true;
+                }
+            }
+        } else if line.contains("fsync(")
+            || line.contains("fdatasync(")
+            || line.contains("sync resumed>")
+        {
+            let fd = if line.contains("resumed>") {
+                pending_fsync.remove(&pid)
+            } else {
+                line.split('(').nth(1).map(|r| {
+                    r.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+            };
+            if !returns {
+                if let Some(fd) = fd {
+                    pending_fsync.insert(pid, fd);
+                }
+                continue;
+            }
+            out.syncs += 1;
+            if let Some(name) = fd.and_then(|fd| fd_name.get(&fd)) {
+                if let Some(d) = created.get_mut(name) {
+                    *d = true;
+                }
+            }
+        } else if line.contains("openat(") || line.contains("<... openat resumed>") {
+            let name = if line.contains("resumed>") {
+                pending_open.remove(&pid)
+            } else {
+                temp_name(line).filter(|_| line.contains("O_CREAT"))
+            };
+            let Some(name) = name else { continue };
+            if !returns {
+                pending_open.insert(pid, name);
+                continue;
+            }
+            if let Some(fd) = result(line).filter(|r| r.chars().all(|c| c.is_ascii_digit())) {
+                fd_name.insert(fd, name.clone());
+                created.insert(name, false);
+            }
+        } else if line.contains("rename") && !line.contains("resumed>") {
+            if let Some(name) = temp_name(line) {
+                out.renamed += 1;
+                if created.remove(&name) != Some(true) {
+                    out.violations.push(name);
+                }
+            }
+        }
+    }
+    out
 }

@@ -18,6 +18,7 @@
 mod delete;
 mod download;
 pub mod filter;
+mod group;
 pub mod local;
 pub mod manifest;
 pub mod plan;
@@ -403,7 +404,19 @@ pub struct Syncer {
     pinned_manifest: Option<String>,
     /// Objects in place whose folder entries are not synced yet: recorded in the state only
     /// after [`Syncer::flush_committed`] syncs their folders (once per folder per batch).
-    committed: Vec<(String, plan::Recorded, Option<local::Folder>)>,
+    committed: Vec<Committed>,
+    /// Objects the group-commit writer could not put in place after their download counted:
+    /// moved into the pass's summary as failures ([`Syncer::report_late_failures`]).
+    late_failures: Vec<(String, u64, Error)>,
+}
+
+/// A downloaded object waiting to be recorded.
+#[derive(Debug)]
+struct Committed {
+    key: String,
+    recorded: plan::Recorded,
+    bytes: u64,
+    commit: download::Commit,
 }
 
 /// Objects committed before their folders are synced and they are recorded: one folder
@@ -479,6 +492,7 @@ impl Syncer {
                 ranged_parallel,
                 part_slots,
                 credentials: credentials.clone(),
+                writer: Arc::default(),
             },
             credentials,
             releases: None,
@@ -486,6 +500,7 @@ impl Syncer {
             state_release: None,
             pinned_manifest: None,
             committed: Vec::new(),
+            late_failures: Vec::new(),
         }
     }
 
@@ -606,11 +621,13 @@ impl Syncer {
         }
         if self.settings.delete_extraneous {
             off_runtime(|| self.flush_committed())?;
+            self.report_late_failures(&mut summary);
             off_runtime(|| self.delete_extraneous(&seen, dry_run, &mut summary))?;
         }
         if !dry_run {
             // fsync, and now and then a compaction: not on a runtime thread.
             off_runtime(|| self.flush_and_commit())?;
+            self.report_late_failures(&mut summary);
             if releases {
                 summary.release = Some(off_runtime(|| self.finish_release(&summary))?);
             }
@@ -907,21 +924,57 @@ impl Syncer {
         Ok(())
     }
 
-    /// Syncs the folders of the objects committed since the last call (each folder once), then
-    /// records those objects: a record never names a file whose folder entry could be lost.
+    /// Makes the objects committed since the last call durable (the writer's batch, and each
+    /// unsynced folder once), then records them: a record never names a file whose data or
+    /// folder entry could be lost. Blocking.
     fn flush_committed(&mut self) -> Result<(), Error> {
         let pending = std::mem::take(&mut self.committed);
+        if pending
+            .iter()
+            .any(|c| matches!(c.commit, download::Commit::Queued(_)))
+        {
+            self.hooks.writer.flush();
+        }
         let mut synced: Vec<&std::path::Path> = Vec::new();
-        for folder in pending.iter().filter_map(|(_, _, f)| f.as_ref()) {
-            if !synced.contains(&folder.path()) {
-                folder.sync()?;
-                synced.push(folder.path());
+        for c in &pending {
+            if let download::Commit::FolderUnsynced(_, folder) = &c.commit {
+                if !synced.contains(&folder.path()) {
+                    folder.sync()?;
+                    synced.push(folder.path());
+                }
             }
         }
-        for (key, recorded, _) in pending {
-            self.state.record(&key, recorded)?;
+        for c in pending {
+            let mut recorded = c.recorded;
+            match c.commit {
+                download::Commit::Queued(ticket) => match ticket.wait() {
+                    Ok(written) => recorded.mtime_ns = written.mtime_ns,
+                    Err(e) => {
+                        let e = download::commit_error(&c.key, recorded.size, e);
+                        self.late_failures.push((c.key, c.bytes, e));
+                        continue;
+                    }
+                },
+                download::Commit::FolderUnsynced(written, _) => {
+                    recorded.mtime_ns = written.mtime_ns
+                }
+                download::Commit::Durable => {}
+            }
+            self.state.record(&c.key, recorded)?;
         }
         Ok(())
+    }
+
+    /// Objects counted as downloaded that the writer then could not put in place become the
+    /// pass's failures (a release does not switch, the status names them).
+    fn report_late_failures(&mut self, summary: &mut Summary) {
+        for (key, bytes, e) in std::mem::take(&mut self.late_failures) {
+            let message = chain(&e);
+            tracing::warn!(key = %key, error = %message, "object not synced");
+            summary.downloaded = summary.downloaded.saturating_sub(1);
+            summary.bytes = summary.bytes.saturating_sub(bytes);
+            summary.fail(&key, e.code(), message);
+        }
     }
 
     /// [`Syncer::flush_committed`], then makes the state durable.
@@ -948,13 +1001,19 @@ impl Syncer {
                 key,
                 recorded,
                 bytes,
-                unsynced,
+                commit,
             }) => {
                 summary.downloaded += 1;
                 summary.bytes += bytes;
-                self.committed.push((key, recorded, unsynced));
+                self.committed.push(Committed {
+                    key,
+                    recorded,
+                    bytes,
+                    commit,
+                });
                 if self.committed.len() >= COMMIT_BATCH {
                     off_runtime(|| self.flush_committed())?;
+                    self.report_late_failures(summary);
                 }
             }
             Ok(Outcome::NotModified) => summary.unchanged += 1,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
+use super::group;
 use super::local;
 use super::plan::{self, Reason, RelPath, Remote};
 use super::s3::{self, Source};
@@ -49,18 +50,27 @@ impl Sink {
         }
     }
 
+    /// Puts the verified bytes in place: a small object through the group-commit writer where
+    /// the file system allows it, otherwise fsynced on its own. Folder entries are synced once
+    /// for a batch of objects, before the engine records any of them
+    /// (`Syncer::flush_committed`).
     async fn commit(
         self,
         folder: &local::Folder,
         name: &str,
         mtime: Option<std::time::SystemTime>,
-    ) -> Result<plan::LocalFile, local::Error> {
-        // The folder is synced once for a batch of objects by the engine, before it records
-        // any of them (`Syncer::flush_committed`).
+        writer: &group::Writer,
+    ) -> Result<Commit, local::Error> {
         let entry = local::EntrySync::Batched;
+        let unsynced = |f: plan::LocalFile| Commit::FolderUnsynced(f, folder.clone());
         match self {
-            Self::Memory(data) => local::write_new(folder, name, data, mtime, entry).await,
-            Self::File(t) => (*t).commit(name, mtime, entry).await,
+            Self::Memory(data) if writer.accepts(folder) => Ok(Commit::Queued(
+                writer.queue(folder, name, data, mtime).await?,
+            )),
+            Self::Memory(data) => local::write_new(folder, name, data, mtime, entry)
+                .await
+                .map(unsynced),
+            Self::File(t) => (*t).commit(name, mtime, entry).await.map(unsynced),
         }
     }
 }
@@ -145,6 +155,8 @@ pub(crate) struct Hooks {
     pub(crate) part_slots: Arc<tokio::sync::Semaphore>,
     /// To drop credentials S3 called expired (ranged parts retry on their own).
     pub(crate) credentials: IotCredentialsProvider,
+    /// Writes small objects and makes them durable a batch at a time.
+    pub(crate) writer: Arc<group::Writer>,
 }
 
 /// One object to fetch.
@@ -179,13 +191,43 @@ impl Job {
 pub(crate) enum Outcome {
     Downloaded {
         key: String,
+        /// What the state records once the commit is durable (a queued file's mtime is
+        /// filled in from the writer's answer).
         recorded: plan::Recorded,
         bytes: u64,
-        /// The folder whose new entry still needs an fsync before the state records the
-        /// object (`None`: synced already).
-        unsynced: Option<local::Folder>,
+        commit: Commit,
     },
     NotModified,
+}
+
+/// Where a downloaded object stands before the engine records it.
+#[derive(Debug)]
+pub(crate) enum Commit {
+    /// In place, its folder entry durable too.
+    Durable,
+    /// In place; its folder needs an fsync before the object is recorded.
+    FolderUnsynced(plan::LocalFile, local::Folder),
+    /// With the group-commit writer: in place once it flushes ([`group::Ticket::wait`]).
+    Queued(group::Ticket),
+}
+
+/// The engine's error for a file the writer could not put in place: a full disk is
+/// [`Error::DiskFull`] as on the per-file path.
+pub(crate) fn commit_error(key: &str, size: u64, e: local::Error) -> Error {
+    if local::is_disk_full(&e) {
+        let dir = match &e {
+            local::Error::Io { path, .. } => path.parent().unwrap_or(path).to_owned(),
+            _ => std::path::PathBuf::new(),
+        };
+        Error::DiskFull {
+            key: key.to_owned(),
+            needed: size.saturating_add(DISK_HEADROOM),
+            free: local::free_space(&dir),
+            dir,
+        }
+    } else {
+        Error::Local(e)
+    }
 }
 
 /// The bytes one attempt reported to the progress sink; given back if the attempt does not
@@ -297,7 +339,7 @@ async fn download(
                     mtime_ns: written.mtime_ns,
                 },
                 bytes: remote.size,
-                unsynced: None,
+                commit: Commit::Durable,
             });
         }
     }
@@ -441,10 +483,14 @@ async fn download(
             });
         }
     }
-    let written = tmp
-        .commit(&folder, name, remote.last_modified)
+    let commit = tmp
+        .commit(&folder, name, remote.last_modified, &hooks.writer)
         .await
         .map_err(disk_full)?;
+    let mtime_ns = match &commit {
+        Commit::FolderUnsynced(written, _) => written.mtime_ns,
+        Commit::Durable | Commit::Queued(_) => 0,
+    };
     shown.keep();
     let dest = folder.display(name);
     let why = match job {
@@ -459,10 +505,10 @@ async fn download(
                 .and_then(super::manifest::Entry::pin_tag)
                 .unwrap_or_else(|| plan::version_tag(&remote)),
             size: remote.size,
-            mtime_ns: written.mtime_ns,
+            mtime_ns,
         },
         bytes: received,
-        unsynced: Some(folder),
+        commit,
     })
 }
 
