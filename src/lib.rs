@@ -6,7 +6,8 @@
 //!   every error names its key).
 //! - [`credentials`]: certificate → temporary AWS credentials at the AWS IoT credentials
 //!   provider (mutual TLS), with its own cache, single flight, refresh ahead, negative cache.
-//! - [`sync`]: the engine; `sync::plan` decides (pure), `sync::s3` and `sync::local` do I/O,
+//! - [`sync`]: the engine; `sync::plan` decides (pure), `sync::s3` and `sync::local` do I/O
+//!   (`sync::group` commits small files a batch at a time),
 //!   `sync::state` remembers what was written, `sync::release` keeps atomic releases (opt-in;
 //!   `release::decide` is pure) and `sync::staged` builds one in a pass.
 //! - [`ipc`]: Greengrass IPC client (frame/codec/rpc/model/client).

@@ -9,6 +9,8 @@
 //! - `s3`: the S3 client and error mapping.
 //! - `download`: one object's job, retries and verification; `download::ranged` for large ones.
 //! - `local`: folder descriptors, the durable commit, the temp-file sweep.
+//! - `group`: group commit of small files (one writer thread, one `syncfs` per batch;
+//!   `group::durability` and the trust checks are pure).
 //! - `state`: the crash-safe record of what was written.
 //! - `summary`: what a pass did, capped for every sink.
 //! - `manifest`: fetching and caching `manifestKey`.
