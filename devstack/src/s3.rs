@@ -653,17 +653,22 @@ impl S3 for DevS3 {
             })
         } else {
             let creds = req.credentials.clone();
-            if req.input.if_match.is_some() || req.input.if_none_match.is_some() {
-                let current = self
-                    .hide_missing(creds.as_ref(), &bucket, self.etag_of(&bucket, &key).await)?
+            let (if_match, if_none_match) =
+                (req.input.if_match.clone(), req.input.if_none_match.clone());
+            // The conditions are checked against the ETag of the very response (S3 keeps an
+            // object's ETag; it does not look the object up twice): one s3s-fs call per GET,
+            // not a HeadObject first, and no window between the check and the body.
+            let resp = self.hide_missing(creds.as_ref(), &bucket, self.fs.get_object(req).await)?;
+            if if_match.is_some() || if_none_match.is_some() {
+                let current = resp
+                    .output
+                    .e_tag
+                    .as_ref()
+                    .map(etag_value)
                     .unwrap_or_default();
-                check_conditions(
-                    &current,
-                    req.input.if_match.as_ref(),
-                    req.input.if_none_match.as_ref(),
-                )?;
+                check_conditions(current, if_match.as_ref(), if_none_match.as_ref())?;
             }
-            self.hide_missing(creds.as_ref(), &bucket, self.fs.get_object(req).await)?
+            resp
         };
         if let Some(body) = resp.output.body.take() {
             let mut sent = 0usize;
