@@ -136,6 +136,8 @@ enum Message {
 struct Pending {
     folder: Folder,
     dev: u64,
+    /// The file as written (a rename keeps its inode, so this is what the final name shows).
+    written: LocalFile,
     tmp: String,
     dest: String,
     file: fs::File,
@@ -265,9 +267,10 @@ fn run(mut rx: tokio::sync::mpsc::UnboundedReceiver<Message>) {
                 let written = write(&folder, &data, mtime);
                 drop((data, slot));
                 match written {
-                    Ok((tmp, file, dev)) => pending.push(Pending {
+                    Ok((tmp, file, dev, written)) => pending.push(Pending {
                         folder,
                         dev,
+                        written,
                         tmp,
                         dest,
                         file,
@@ -294,13 +297,13 @@ fn run(mut rx: tokio::sync::mpsc::UnboundedReceiver<Message>) {
     }
 }
 
-/// A temporary file with `data` and `mtime`, not synced. Returns its name, the open file and
-/// its device.
+/// A temporary file with `data` and `mtime`, not synced. Returns its name, the open file, its
+/// device and what it is now.
 fn write(
     folder: &Folder,
     data: &[u8],
     mtime: Option<SystemTime>,
-) -> Result<(String, fs::File, u64), local::Error> {
+) -> Result<(String, fs::File, u64, LocalFile), local::Error> {
     use std::io::Write as _;
     let (tmp, mut file) = local::create_temp(folder)?;
     let written = file
@@ -314,11 +317,18 @@ fn write(
         })
         .and_then(|()| {
             rustix::fs::fstat(&file)
-                .map(|st| st.st_dev)
                 .map_err(|e| local::io_error("stat", folder.display(&tmp), e.into()))
         });
     match written {
-        Ok(dev) => Ok((tmp, file, dev)),
+        Ok(st) => Ok((
+            tmp,
+            file,
+            st.st_dev,
+            local::regular_file(&st).unwrap_or(LocalFile {
+                size: data.len() as u64,
+                mtime_ns: 0,
+            }),
+        )),
         Err(e) => {
             drop(file);
             let _ = folder.remove(&tmp);
@@ -377,13 +387,7 @@ fn commit(batch: Vec<Pending>) {
                 p.folder.path().to_owned(),
                 e.into(),
             )),
-            Ok(()) => p.folder.observe(&p.dest).ok_or_else(|| {
-                local::io_error(
-                    "read back",
-                    p.folder.display(&p.dest),
-                    std::io::ErrorKind::NotFound.into(),
-                )
-            }),
+            Ok(()) => Ok(p.written),
         };
         let _ = p.reply.send(reply);
     }

@@ -303,13 +303,7 @@ impl Folder {
     /// The regular file `name` as [`observe`] sees it.
     #[must_use]
     pub fn observe(&self, name: &str) -> Option<LocalFile> {
-        let st = self.stat(name)?;
-        (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile).then(
-            || LocalFile {
-                size: u64::try_from(st.st_size).unwrap_or(0),
-                mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
-            },
-        )
+        regular_file(&self.stat(name)?)
     }
 
     /// Renames `from` to `to` in this folder (`to` is replaced, never followed).
@@ -493,6 +487,17 @@ pub fn free_space(dir: &Path) -> Option<u64> {
 #[must_use]
 pub fn is_disk_full(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28))
+}
+
+/// `st` as a [`LocalFile`], if it is a regular file.
+#[must_use]
+pub fn regular_file(st: &rustix::fs::Stat) -> Option<LocalFile> {
+    (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile).then(
+        || LocalFile {
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+        },
+    )
 }
 
 /// What is at `path` now, if it is a regular file (symlinks are not followed).
