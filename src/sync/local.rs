@@ -11,6 +11,8 @@
 //!   given the object's `LastModified` as mtime, and renamed over the final name; the folder is
 //!   then fsynced. A [`TempFile`] that is dropped before [`TempFile::commit`] (error,
 //!   cancellation, SIGTERM) deletes itself, so no partial file ever has a final name.
+//!   Small objects on most local file systems are committed a batch at a time instead
+//!   (`super::group`: one `syncfs`, then the renames, then one fsync per folder).
 //! - Parent folders are created one segment at a time; an existing segment that is a symlink
 //!   or a file is refused, so a symlink planted inside `localDir` is never followed out of it.
 //! - Temporary files left by a `kill -9` are swept at start-up.
