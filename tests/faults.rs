@@ -37,6 +37,64 @@ async fn transient_failures_are_retried_and_the_tree_is_exact() {
     assert!(s3.get_count() >= 6 + 5, "the faulty GETs were repeated");
 }
 
+/// Small listed objects take the lean GET (signed and sent on the SDK's stack without its
+/// orchestration): each arrives as one GET without the SDK's `x-amz-user-agent`. A lean GET
+/// that fails in any way is sent again through the SDK, which retries and maps as before, and
+/// the object syncs byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_objects_take_the_lean_get_and_fall_back_to_the_sdk_on_any_failure() {
+    let env = Env::default().await;
+    let s3 = &env.stack.s3;
+    for i in 0..20 {
+        env.put(&format!("l/{i:02}.bin"), noise(20_000, i)).await;
+    }
+    let (gets, plain) = (s3.get_count(), s3.plain_get_count());
+    let s = env.once_with("l/", |_| {}).await.assert_ok();
+    assert_eq!(s["downloaded"], 20, "{s}");
+    assert_eq!(s3.get_count() - gets, 20, "one GET per object");
+    assert_eq!(s3.plain_get_count() - plain, 20, "every one a lean GET");
+
+    for i in 0..5 {
+        env.put(&format!("l/{i:02}.bin"), noise(20_000, 100 + i))
+            .await;
+    }
+    s3.inject("l/00.bin", Fault::Status("InternalError"), 1);
+    s3.inject("l/01.bin", Fault::Status("SlowDown"), 1);
+    s3.inject("l/02.bin", Fault::Truncate(5_000), 1);
+    s3.inject("l/03.bin", Fault::Reset(5_000), 1);
+    s3.inject("l/04.bin", Fault::Status("AccessDenied"), 1);
+    let (gets, plain) = (s3.get_count(), s3.plain_get_count());
+    let cfg = env.write_config(&env.config("l/", |_| {}));
+    let out = tokio::task::block_in_place(|| {
+        Command::new(bin())
+            .args(once_args(&cfg))
+            .env("RUST_LOG", "info,gg_s3_sync::sync::s3=debug")
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // tests/proxy.rs relies on this line to prove the lean GET went through the proxy.
+    assert_eq!(
+        stderr.matches("lean GET handed to the SDK").count(),
+        5,
+        "{stderr}"
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["failed"].as_u64()),
+        (Some(5), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s3.plain_get_count() - plain, 5, "each tried lean first");
+    assert_eq!(s3.get_count() - gets, 10, "then once through the SDK");
+    let t = tree(&env.local);
+    for i in 0..20 {
+        let seed = if i < 5 { 100 + i } else { i };
+        assert_eq!(t[&format!("{i:02}.bin")], noise(20_000, seed), "{i:02}.bin");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_permanently_corrupt_object_fails_alone_and_leaves_nothing_behind() {
     let env = Env::default().await;

@@ -211,10 +211,15 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
         "reached the servers without the proxy"
     );
 
-    // 2. Through the proxy: credentials over CONNECT, S3 over http.
-    let out = tokio::task::block_in_place(|| run(both("s3cr3t-pass")));
+    // 2. Through the proxy: credentials over CONNECT, S3 over http. The lean GET takes the
+    // proxy too: it never hands a request back to the SDK (which would also get through).
+    let lean_debug = || ("RUST_LOG", "info,gg_s3_sync::sync::s3=debug".to_owned());
+    let mut vars = both("s3cr3t-pass");
+    vars.push(lean_debug());
+    let out = tokio::task::block_in_place(|| run(vars));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("handed to the SDK"), "{stderr}");
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["downloaded"], 1, "{s}");
     assert_eq!(
@@ -260,9 +265,11 @@ async fn syncs_through_a_real_proxy_and_nothing_bypasses_it() {
         "SSL_CERT_FILE",
         env.stack.ca.files.cert_path.display().to_string(),
     ));
+    vars.push(lean_debug());
     let out = tokio::task::block_in_place(|| once_in(&ns, &https_cfg, &vars));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("handed to the SDK"), "{stderr}");
     assert_eq!(
         std::fs::read(https_local.join("b.txt")).unwrap(),
         b"over https"

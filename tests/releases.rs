@@ -168,10 +168,11 @@ async fn a_failed_pass_never_switches_and_the_next_pass_reuses_what_was_staged()
 
     env.put("r/model.bin", "model v2").await;
     env.put("r/labels.txt", "labels v2").await;
-    // AccessDenied is not retried: one answer fails the object for this pass.
+    // AccessDenied is not retried: two answers (the lean GET's, then the SDK's it hands the
+    // request to) fail the object for this pass.
     env.stack
         .s3
-        .inject("r/labels.txt", Fault::Status("AccessDenied"), 1);
+        .inject("r/labels.txt", Fault::Status("AccessDenied"), 2);
     let run = run_async(once_args(&cfg)).await;
     assert_eq!(run.code(), Some(1), "{}", run.stderr());
     let s = run.summary();
@@ -671,7 +672,7 @@ async fn dry_runs_write_nothing_leftovers_stay_out_and_a_removed_release_is_rebu
     // the release.
     env.stack
         .s3
-        .inject("r/a.txt", Fault::Status("AccessDenied"), 1);
+        .inject("r/a.txt", Fault::Status("AccessDenied"), 2); // lean GET, then the SDK
     assert_eq!(run_async(once_args(&cfg)).await.code(), Some(1));
     let leftover = releases_dir(&env).join(".staging/.gg-s3-sync.0123456789abcdef.tmp");
     std::fs::write(&leftover, b"half a file").unwrap();
@@ -904,7 +905,7 @@ async fn at_start_a_lowered_keep_and_a_staging_folder_built_on_another_release_a
     publish(&env, "r/", 4).await;
     env.stack
         .s3
-        .inject("r/model.bin", Fault::Status("AccessDenied"), 1);
+        .inject("r/model.bin", Fault::Status("AccessDenied"), 2); // lean GET, then the SDK
     assert_eq!(run_async(once_args(&cfg)).await.code(), Some(1));
     let staging = releases_dir(&env).join(".staging");
     assert!(staging.exists());

@@ -232,6 +232,8 @@ struct Shared {
     get_delay: Duration,
     chunk_delay: Duration,
     gets: u64,
+    /// GETs without the SDK's `x-amz-user-agent` header (gg-s3-sync's lean GET, curl).
+    plain_gets: u64,
     in_flight: u64,
     max_in_flight: u64,
     lists: u64,
@@ -560,6 +562,9 @@ impl S3 for DevS3 {
         let (delay, chunk_delay, fault) = {
             let mut s = self.shared();
             s.gets += 1;
+            if !req.headers.contains_key("x-amz-user-agent") {
+                s.plain_gets += 1;
+            }
             (s.get_delay, s.chunk_delay, s.take_fault(&req.input.key))
         };
         if let Some(Fault::Status(code)) = &fault {
@@ -1102,6 +1107,12 @@ impl S3Server {
     #[must_use]
     pub fn get_count(&self) -> u64 {
         self.s3.shared().gets
+    }
+
+    /// GetObject requests received without the AWS SDKs' `x-amz-user-agent` header.
+    #[must_use]
+    pub fn plain_get_count(&self) -> u64 {
+        self.s3.shared().plain_gets
     }
 
     /// Injects `fault` into the next `times` GETs of keys matching `key_pattern` (`*` glob).

@@ -740,6 +740,12 @@ impl IotCredentialsProvider {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Now, by the provider's (injected) clock: what requests signed with its credentials use.
+    #[must_use]
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
     /// Where the credentials in use came from (`None` before the first success).
     #[must_use]
     pub fn source_in_use(&self) -> Option<Chosen> {

@@ -344,11 +344,16 @@ async fn download(
         }
     }
     let (out, remote, rel) = match job {
-        Job::Listed { remote, rel, .. } => (
-            source.get(&remote.key, &remote.etag).await?,
-            remote.clone(),
-            rel,
-        ),
+        Job::Listed { remote, rel, .. } => {
+            // A small object without a bandwidth limit (which the lean path, receiving the
+            // body at once, would not pace) skips the SDK's per-request orchestration.
+            let out = if remote.size <= s3::LEAN_MAX && hooks.limiter.is_none() {
+                source.get_small(&remote.key, &remote.etag).await?
+            } else {
+                source.get(&remote.key, &remote.etag).await?
+            };
+            (out, remote.clone(), rel)
+        }
         Job::Unlisted {
             key,
             rel,

@@ -17,6 +17,10 @@ use crate::errtext::root_cause;
 
 /// Keys per ListObjectsV2 page (the S3 maximum).
 const PAGE_SIZE: i32 = 1000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+mod lean;
 
 /// Where objects come from.
 #[derive(Debug, Clone)]
@@ -24,7 +28,13 @@ pub struct Source {
     client: aws_sdk_s3::Client,
     bucket: String,
     region: String,
+    /// Small listed objects are fetched without the SDK's orchestration ([`lean`]).
+    lean: std::sync::Arc<lean::Lean>,
+    provider: IotCredentialsProvider,
 }
+
+/// Objects up to this size may take the lean GET.
+pub const LEAN_MAX: u64 = 256 * 1024;
 
 /// S3 connection settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,29 +70,41 @@ fn usable_roots(pem: Vec<u8>) -> Option<Vec<u8>> {
     any.then_some(pem)
 }
 
-/// The SDK's default HTTPS client (hyper, rustls with aws-lc, proxies from the environment, as
-/// `aws-smithy-runtime`'s `default_https_client` builds it), trusting `extra_roots_pem` as
-/// well as the platform's CAs.
-fn http_client(extra_roots_pem: Vec<u8>) -> aws_sdk_s3::config::SharedHttpClient {
+/// The SDK's default HTTPS connector (hyper, rustls with aws-lc, proxies from the environment,
+/// as `aws-smithy-runtime`'s `default_https_client` builds it), trusting `extra_roots_pem` as
+/// well as the platform's CAs when given.
+fn connector(
+    extra_roots_pem: Option<&[u8]>,
+    settings: Option<&aws_smithy_runtime_api::client::http::HttpConnectorSettings>,
+    sleep: Option<aws_smithy_async::rt::sleep::SharedAsyncSleep>,
+) -> aws_smithy_http_client::Connector {
     use aws_smithy_http_client::proxy::ProxyConfig;
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-    use aws_smithy_http_client::{Builder, ConnectorBuilder};
-    let context = TlsContext::builder()
-        .with_trust_store(TrustStore::default().with_pem_certificate(extra_roots_pem))
-        .build()
-        .unwrap_or_default();
-    Builder::new().build_with_connector_fn(move |settings, components| {
-        let mut conn = ConnectorBuilder::default()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::AwsLc,
-            ))
-            .tls_context(context.clone());
-        conn.set_connector_settings(settings.cloned());
-        if let Some(c) = components {
-            conn.set_sleep_impl(c.sleep_impl());
-        }
-        conn.set_proxy_config(Some(ProxyConfig::from_env()));
-        conn.build()
+    use aws_smithy_http_client::ConnectorBuilder;
+    let mut conn = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(
+        tls::rustls_provider::CryptoMode::AwsLc,
+    ));
+    if let Some(pem) = extra_roots_pem {
+        let context = TlsContext::builder()
+            .with_trust_store(TrustStore::default().with_pem_certificate(pem.to_vec()))
+            .build()
+            .unwrap_or_default();
+        conn = conn.tls_context(context);
+    }
+    conn.set_connector_settings(settings.cloned());
+    conn.set_sleep_impl(sleep);
+    conn.set_proxy_config(Some(ProxyConfig::from_env()));
+    conn.build()
+}
+
+/// The SDK's HTTP client on [`connector`], trusting `extra_roots_pem` as well.
+fn http_client(extra_roots_pem: Vec<u8>) -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        connector(
+            Some(&extra_roots_pem),
+            settings,
+            components.and_then(|c| c.sleep_impl()),
+        )
     })
 }
 
@@ -106,13 +128,13 @@ impl Source {
         let mut b = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()))
-            .credentials_provider(provider)
+            .credentials_provider(provider.clone())
             .identity_cache(IdentityCache::no_cache())
             .retry_config(RetryConfig::standard().with_max_attempts(3))
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(60))
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
                     .build(),
             )
             .force_path_style(settings.force_path_style);
@@ -124,6 +146,17 @@ impl Source {
             .as_ref()
             .and_then(|p| super::off_runtime(|| std::fs::read(p).ok()))
             .and_then(usable_roots);
+        // The lean GET's connector: the same TLS trust, proxies and timeouts as the SDK's.
+        let lean_connector = connector(
+            extra_roots.as_deref(),
+            Some(
+                &aws_smithy_runtime_api::client::http::HttpConnectorSettings::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .build(),
+            ),
+            aws_smithy_async::rt::sleep::default_async_sleep(),
+        );
         if let Some(pem) = extra_roots {
             b = b.http_client(http_client(pem));
         }
@@ -131,7 +164,29 @@ impl Source {
             client: aws_sdk_s3::Client::from_conf(b.build()),
             bucket: settings.bucket.clone(),
             region: settings.region.clone(),
+            lean: std::sync::Arc::new(lean::Lean::new(settings, lean_connector)),
+            provider,
         }
+    }
+
+    /// A small listed object (at most [`LEAN_MAX`]): [`Source::get`] through the lean path,
+    /// or through the SDK when the lean path hands it back (any error, which the SDK then
+    /// maps and retries as for every other request).
+    ///
+    /// # Errors
+    /// As [`Source::get`].
+    pub async fn get_small(&self, key: &str, if_match: &str) -> Result<GetObjectOutput, Error> {
+        if let Ok(credentials) = self.provider.credentials().await {
+            let etag = etag_header(if_match);
+            if let Ok(out) = self
+                .lean
+                .get(key, etag.as_deref(), credentials, self.provider.now())
+                .await
+            {
+                return Ok(out);
+            }
+        }
+        self.get(key, if_match).await
     }
 
     /// Lists one page under `prefix`.
