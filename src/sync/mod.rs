@@ -6,7 +6,8 @@
 //! ETags) before it is renamed into place, and recorded in the [`state`] store only after that.
 //!
 //! - `plan`: pure decisions (key → path, download or not, verification, deletions).
-//! - `s3`: the S3 client and error mapping.
+//! - `s3`: the S3 client and error mapping; `s3::lean` fetches small listed objects without
+//!   the SDK's per-request orchestration (same endpoint rules, signer and connector).
 //! - `download`: one object's job, retries and verification; `download::ranged` for large ones.
 //! - `local`: folder descriptors, the durable commit, the temp-file sweep.
 //! - `group`: group commit of small files (one writer thread, one `syncfs` per batch;
