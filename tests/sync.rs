@@ -87,6 +87,50 @@ async fn paginated_listing_and_concurrency() {
     assert_eq!(t["0777/f.txt"], b"object 777");
 }
 
+/// The next listing page is requested as soon as the current one arrives, while its objects
+/// download: listing and downloading overlap instead of taking turns (each page's LIST used to
+/// wait until its last download had started).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_page_is_listed_while_this_page_downloads() {
+    let env = Env::default().await;
+    for i in 0..1_010 {
+        env.stack.s3.put_virtual_object(
+            env.bucket(),
+            &format!("pp/{i:04}.txt"),
+            format!("object {i}").into_bytes(),
+        );
+    }
+    env.stack.s3.set_get_delay(Duration::from_millis(40));
+    let cfg = env.write_config(&env.config("pp/", |m| {
+        m.insert("maxConcurrency".into(), "16".into());
+    }));
+    let (lists, gets) = (env.stack.s3.list_count(), env.stack.s3.get_count());
+    let mut child = std::process::Command::new(common::bin())
+        .args(once_args(&cfg))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // When the second page is requested, how many GETs of the first had been made?
+    let mut at_second_list = None;
+    for _ in 0..3_000 {
+        if env.stack.s3.list_count() - lists >= 2 {
+            at_second_list = Some(env.stack.s3.get_count() - gets);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(tokio::task::block_in_place(|| child.wait())
+        .unwrap()
+        .success());
+    let got = at_second_list.expect("a second page was listed");
+    assert!(
+        got < 200,
+        "the second page was listed only after {got} of the first page's 1000 GETs"
+    );
+    assert_eq!(tree(&env.local).len(), 1_010);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn downloads_are_bounded_by_max_concurrency() {
     let env = Env::default().await;

@@ -654,13 +654,17 @@ impl Syncer {
         seen: &mut HashSet<String>,
         tasks: &mut JoinSet<Task>,
     ) -> Result<(), Error> {
-        let mut token = None;
+        let mut fetch = self.fetch_page(None);
         loop {
             let page = tokio::select! {
-                // Dropping list_page is safe: it only reads.
+                // Dropping a listing is safe: it only reads (the prefetch aborts on drop).
                 () = cancel.cancelled() => return Err(Error::Cancelled),
-                page = list_page_refreshing(&self.source, &self.credentials, &self.settings.prefix, token.take()) => page?,
+                page = &mut fetch => page?,
             };
+            // The next page is requested now, while this one's objects are planned and
+            // downloaded: listing and downloading overlap instead of taking turns. At most
+            // two pages are held.
+            let next = page.next.clone().map(|token| self.fetch_page(Some(token)));
             for (key, class) in page.archived {
                 // Still in the bucket: its file (if any) is not extraneous.
                 summary.listed += 1;
@@ -711,11 +715,23 @@ impl Syncer {
                     }
                 }
             }
-            match page.next {
-                Some(next) => token = Some(next),
+            match next {
+                Some(n) => fetch = n,
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Starts listing the page after `token` (the first page for `None`) on its own task.
+    fn fetch_page(&self, token: Option<String>) -> PageFetch {
+        let (source, creds, prefix) = (
+            self.source.clone(),
+            self.credentials.clone(),
+            self.settings.prefix.clone(),
+        );
+        PageFetch(tokio::spawn(async move {
+            list_page_refreshing(&source, &creds, &prefix, token).await
+        }))
     }
 
     async fn unlisted_pass(
@@ -1048,6 +1064,35 @@ fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
+    }
+}
+
+/// A page being listed on its own task; aborted if dropped (an error or a cancellation ends
+/// the pass before the page is needed).
+struct PageFetch(tokio::task::JoinHandle<Result<s3::Page, Error>>);
+
+impl Drop for PageFetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for PageFetch {
+    type Output = Result<s3::Page, Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| {
+                Err(Error::Network {
+                    op: "ListObjectsV2",
+                    target: String::new(),
+                    detail: format!("the listing task failed: {e}"),
+                })
+            })
+        })
     }
 }
 
