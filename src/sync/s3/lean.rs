@@ -58,7 +58,7 @@ pub(crate) enum Fallback {
 /// The lean path's state, shared by a [`super::Source`]'s clones.
 #[derive(Debug)]
 pub(crate) struct Lean {
-    connector: aws_smithy_http_client::Connector,
+    connector: aws_smithy_runtime_api::client::http::SharedHttpConnector,
     resolver: aws_sdk_s3::config::endpoint::DefaultResolver,
     bucket: String,
     region: String,
@@ -132,7 +132,7 @@ pub(crate) fn checksum_to_verify(
 impl Lean {
     pub(crate) fn new(
         settings: &super::S3Settings,
-        connector: aws_smithy_http_client::Connector,
+        connector: aws_smithy_runtime_api::client::http::SharedHttpConnector,
     ) -> Self {
         Self {
             connector,

@@ -97,17 +97,6 @@ fn connector(
     conn.build()
 }
 
-/// The SDK's HTTP client on [`connector`], trusting `extra_roots_pem` as well.
-fn http_client(extra_roots_pem: Vec<u8>) -> aws_sdk_s3::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
-        connector(
-            Some(&extra_roots_pem),
-            settings,
-            components.and_then(|c| c.sleep_impl()),
-        )
-    })
-}
-
 /// One page of a listing.
 #[derive(Debug)]
 pub struct Page {
@@ -146,8 +135,9 @@ impl Source {
             .as_ref()
             .and_then(|p| super::off_runtime(|| std::fs::read(p).ok()))
             .and_then(usable_roots);
-        // The lean GET's connector: the same TLS trust, proxies and timeouts as the SDK's.
-        let lean_connector = connector(
+        // One connector (one TLS trust store, one connection pool) for the SDK and the lean
+        // GET: built as the SDK's default, with the SDK's timeouts.
+        let shared = aws_smithy_runtime_api::client::http::SharedHttpConnector::new(connector(
             extra_roots.as_deref(),
             Some(
                 &aws_smithy_runtime_api::client::http::HttpConnectorSettings::builder()
@@ -156,15 +146,16 @@ impl Source {
                     .build(),
             ),
             aws_smithy_async::rt::sleep::default_async_sleep(),
-        );
-        if let Some(pem) = extra_roots {
-            b = b.http_client(http_client(pem));
-        }
+        ));
+        let for_sdk = shared.clone();
+        b = b.http_client(aws_smithy_runtime_api::client::http::http_client_fn(
+            move |_, _| for_sdk.clone(),
+        ));
         Self {
             client: aws_sdk_s3::Client::from_conf(b.build()),
             bucket: settings.bucket.clone(),
             region: settings.region.clone(),
-            lean: std::sync::Arc::new(lean::Lean::new(settings, lean_connector)),
+            lean: std::sync::Arc::new(lean::Lean::new(settings, shared)),
             provider,
         }
     }
