@@ -59,6 +59,9 @@ def timed(cmd, env, work, server_pid):
     """Runs cmd under GNU time; returns wall, cpu (user+sys), rss (MiB), server cpu and the
     machine's busy CPU over the run."""
     out = os.path.join(work, "time.out")
+    # Nothing dirty when a run starts: no run pays for writing back what the one before it
+    # left in the page cache (a tool that syncs its files would otherwise wait for all of it).
+    os.sync()
     before = server_cpu(server_pid)
     machine_before = machine_cpu()
     p = subprocess.run(
