@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{bin, noise, once_args, run_async, tree, Env};
+use common::{bin, noise, once_args, run_async, spawn_once, tree, Env};
 use devstack::s3::Fault;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,12 +135,7 @@ async fn kill_9_mid_sync_then_restart_gives_an_exact_tree_and_no_temp_files() {
     let cfg = env.write_config(&env.config("k/", |m| {
         m.insert("maxConcurrency".into(), "2".into());
     }));
-    let mut child = Command::new(bin())
-        .args(once_args(&cfg))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_once(&cfg);
     for _ in 0..1000 {
         if tree(&env.local).keys().any(|k| k.contains(".gg-s3-sync.")) {
             break;
@@ -388,12 +383,7 @@ async fn a_second_instance_fails_fast_and_leaves_the_first_alone() {
     env.put("two/slow.bin", noise(2 << 20, 4)).await;
     env.stack.s3.set_chunk_delay(Duration::from_millis(5));
     let cfg = env.write_config(&env.config("two/", |_| {}));
-    let mut first = Command::new(bin())
-        .args(once_args(&cfg))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_once(&cfg);
     let temp = || {
         tree(&env.local)
             .into_keys()

@@ -3,10 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{bin, noise, once_args, run_async, tree, Env};
+use common::{noise, once_args, run_async, spawn_once, tree, Env};
 use devstack::s3::Fault;
 use serde_json::Value;
 
@@ -75,12 +75,7 @@ async fn kill_9_then_restart_resumes_from_the_parts_on_disk() {
     env.put("r/blob.bin", noise(8 * MIB, 2)).await;
     env.stack.s3.set_chunk_delay(Duration::from_millis(2));
     let cfg = env.write_config(&env.config("r/", small_threshold));
-    let mut child = Command::new(bin())
-        .args(once_args(&cfg))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_once(&cfg);
     for _ in 0..1500 {
         if sidecar_parts(&env.local) >= 4 {
             break;

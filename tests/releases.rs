@@ -324,12 +324,7 @@ async fn kill_9_while_building_or_switching_leaves_a_complete_release() {
     for k in 2..=RUNS + 1 {
         let before = snapshot(&env.local).unwrap().expect("a live release");
         publish(&env, "r/", k).await;
-        let mut child = std::process::Command::new(common::bin())
-            .args(once_args(&cfg))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = common::spawn_once(&cfg);
         let at = pass.mul_f64(fastrand::f64() * 1.5);
         tokio::time::sleep(at).await;
         let _ = child.kill(); // SIGKILL

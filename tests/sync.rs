@@ -105,12 +105,7 @@ async fn the_next_page_is_listed_while_this_page_downloads() {
         m.insert("maxConcurrency".into(), "16".into());
     }));
     let (lists, gets) = (env.stack.s3.list_count(), env.stack.s3.get_count());
-    let mut child = std::process::Command::new(common::bin())
-        .args(once_args(&cfg))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_once(&cfg);
     // When the second page is requested, how many GETs of the first had been made?
     let mut at_second_list = None;
     for _ in 0..3_000 {

@@ -174,6 +174,17 @@ pub fn once_args(cfg: &Path) -> Vec<String> {
     ]
 }
 
+/// Starts `once` on `cfg` in the background, its output discarded (for tests that kill it or
+/// watch it from outside).
+pub fn spawn_once(cfg: &Path) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args(once_args(cfg))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start gg-s3-sync once")
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_gg-s3-sync")
 }
