@@ -413,6 +413,51 @@ mod tests {
         }
     }
 
+    /// A connector that always fails, counting its calls.
+    #[derive(Debug)]
+    struct Down(std::sync::Arc<AtomicU32>);
+
+    impl HttpConnector for Down {
+        fn call(
+            &self,
+            _: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Err(
+                aws_smithy_runtime_api::client::result::ConnectorError::io(
+                    "connection refused".into(),
+                ),
+            ))
+        }
+    }
+
+    /// After FALLBACKS_TO_STOP hand-backs in a row the lean GET is not tried again: a proxy or
+    /// endpoint it cannot serve costs that many extra requests, not one per object.
+    #[tokio::test]
+    async fn sixteen_hand_backs_in_a_row_turn_the_lean_get_off() {
+        let calls = std::sync::Arc::new(AtomicU32::new(0));
+        let settings = super::super::S3Settings {
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            force_path_style: true,
+            root_ca_path: None,
+        };
+        let lean = Lean::new(
+            &settings,
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(Down(calls.clone())),
+        );
+        let creds = aws_credential_types::Credentials::new("AKID", "secret", None, None, "t");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for i in 0..FALLBACKS_TO_STOP {
+            let r = lean.get("k", None, creds.clone(), now).await;
+            assert!(matches!(r, Err(Fallback::Transfer(_))), "{i}: {r:?}");
+        }
+        let r = lean.get("k", None, creds, now).await;
+        assert!(matches!(r, Err(Fallback::Off)), "{r:?}");
+        assert_eq!(calls.load(Ordering::Relaxed), FALLBACKS_TO_STOP);
+    }
+
     #[test]
     fn checksums_are_picked_as_the_sdk_picks_them() {
         let headers = HashMap::from([
