@@ -386,12 +386,17 @@ impl Folder {
         Ok(folded)
     }
 
+    /// A reader of the folder's entries from the start: a new open file description ("."), not
+    /// a dup, which shares the read position (a second listing would start at the end).
+    fn read_dir(&self) -> Result<rustix::fs::Dir, Error> {
+        let fd = rustix::fs::openat(&*self.fd, ".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+        rustix::fs::Dir::new(fd).map_err(|e| io_err("read folder", &self.path)(errno(e)))
+    }
+
     /// The first entry (in the folder's order) whose name `wanted` accepts, reading no further.
     fn first_entry(&self, wanted: impl Fn(&str) -> bool) -> Result<Option<String>, Error> {
-        let dup = rustix::fs::openat(&*self.fd, ".", DIR_FLAGS, Mode::empty())
-            .map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
-        let mut dir =
-            rustix::fs::Dir::new(dup).map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+        let mut dir = self.read_dir()?;
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
             let name = entry.file_name().to_string_lossy();
@@ -423,12 +428,7 @@ impl Folder {
     /// # Errors
     /// [`Error::Io`].
     pub fn entries(&self) -> Result<Vec<(String, bool, bool)>, Error> {
-        // A new open file description ("."), not a dup: a dup shares the read position, so a
-        // second listing of the same folder would start at the end and see nothing.
-        let dup = rustix::fs::openat(&*self.fd, ".", DIR_FLAGS, Mode::empty())
-            .map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
-        let mut dir =
-            rustix::fs::Dir::new(dup).map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
+        let mut dir = self.read_dir()?;
         let mut out = Vec::new();
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| io_err("read folder", &self.path)(errno(e)))?;
