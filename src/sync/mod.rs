@@ -408,10 +408,11 @@ pub struct Syncer {
     /// Objects in place whose folder entries are not synced yet: recorded in the state only
     /// after [`Syncer::flush_committed`] syncs their folders (once per folder per batch).
     committed: Vec<Committed>,
-    /// Objects the group-commit writer could not put in place after their download counted:
-    /// moved into the pass's summary as failures ([`Syncer::report_late_failures`]).
-    late_failures: Vec<(String, u64, Error)>,
 }
+
+/// An object counted as downloaded that the group-commit writer then could not put in place:
+/// its key, its bytes and why ([`report_late_failures`]).
+type LateFailure = (String, u64, Error);
 
 /// A downloaded object waiting to be recorded.
 #[derive(Debug)]
@@ -503,7 +504,6 @@ impl Syncer {
             state_release: None,
             pinned_manifest: None,
             committed: Vec::new(),
-            late_failures: Vec::new(),
         }
     }
 
@@ -609,6 +609,8 @@ impl Syncer {
         };
         if let Err(e) = result {
             tasks.shutdown().await;
+            // What was written is recorded; the pass fails as a whole, so the writer's own
+            // failures need no report.
             off_runtime(|| self.flush_and_commit())?;
             return Err(e);
         }
@@ -623,14 +625,12 @@ impl Syncer {
             return Err(Error::Cancelled);
         }
         if self.settings.delete_extraneous {
-            off_runtime(|| self.flush_committed())?;
-            self.report_late_failures(&mut summary);
+            report_late_failures(&mut summary, off_runtime(|| self.flush_committed())?);
             off_runtime(|| self.delete_extraneous(&seen, dry_run, &mut summary))?;
         }
         if !dry_run {
             // fsync, and now and then a compaction: not on a runtime thread.
-            off_runtime(|| self.flush_and_commit())?;
-            self.report_late_failures(&mut summary);
+            report_late_failures(&mut summary, off_runtime(|| self.flush_and_commit())?);
             if releases {
                 summary.release = Some(off_runtime(|| self.finish_release(&summary))?);
             }
@@ -945,8 +945,8 @@ impl Syncer {
 
     /// Makes the objects committed since the last call durable (the writer's batch, and each
     /// unsynced folder once), then records them: a record never names a file whose data or
-    /// folder entry could be lost. Blocking.
-    fn flush_committed(&mut self) -> Result<(), Error> {
+    /// folder entry could be lost. Returns those the writer could not put in place. Blocking.
+    fn flush_committed(&mut self) -> Result<Vec<LateFailure>, Error> {
         let pending = std::mem::take(&mut self.committed);
         if pending
             .iter()
@@ -963,6 +963,7 @@ impl Syncer {
                 }
             }
         }
+        let mut late = Vec::new();
         for c in pending {
             let mut recorded = c.recorded;
             match c.commit {
@@ -970,7 +971,7 @@ impl Syncer {
                     Ok(written) => recorded.mtime_ns = written.mtime_ns,
                     Err(e) => {
                         let e = download::commit_error(&c.key, recorded.size, e);
-                        self.late_failures.push((c.key, c.bytes, e));
+                        late.push((c.key, c.bytes, e));
                         continue;
                     }
                 },
@@ -981,26 +982,14 @@ impl Syncer {
             }
             self.state.record(&c.key, recorded)?;
         }
-        Ok(())
-    }
-
-    /// Objects counted as downloaded that the writer then could not put in place become the
-    /// pass's failures (a release does not switch, the status names them).
-    fn report_late_failures(&mut self, summary: &mut Summary) {
-        for (key, bytes, e) in std::mem::take(&mut self.late_failures) {
-            let message = chain(&e);
-            tracing::warn!(key = %key, error = %message, "object not synced");
-            summary.downloaded = summary.downloaded.saturating_sub(1);
-            summary.bytes = summary.bytes.saturating_sub(bytes);
-            summary.fail(&key, e.code(), message);
-        }
+        Ok(late)
     }
 
     /// [`Syncer::flush_committed`], then makes the state durable.
-    fn flush_and_commit(&mut self) -> Result<(), Error> {
-        self.flush_committed()?;
+    fn flush_and_commit(&mut self) -> Result<Vec<LateFailure>, Error> {
+        let late = self.flush_committed()?;
         self.state.commit()?;
-        Ok(())
+        Ok(late)
     }
 
     fn absorb(
@@ -1031,8 +1020,7 @@ impl Syncer {
                     commit,
                 });
                 if self.committed.len() >= COMMIT_BATCH {
-                    off_runtime(|| self.flush_committed())?;
-                    self.report_late_failures(summary);
+                    report_late_failures(summary, off_runtime(|| self.flush_committed())?);
                 }
             }
             Ok(Outcome::NotModified) => summary.unchanged += 1,
@@ -1064,6 +1052,18 @@ fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
+    }
+}
+
+/// Objects counted as downloaded that the writer then could not put in place become the
+/// pass's failures (a release does not switch, the status names them).
+fn report_late_failures(summary: &mut Summary, late: Vec<LateFailure>) {
+    for (key, bytes, e) in late {
+        let message = chain(&e);
+        tracing::warn!(key = %key, error = %message, "object not synced");
+        summary.downloaded = summary.downloaded.saturating_sub(1);
+        summary.bytes = summary.bytes.saturating_sub(bytes);
+        summary.fail(&key, e.code(), message);
     }
 }
 

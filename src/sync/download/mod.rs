@@ -191,8 +191,8 @@ impl Job {
 pub(crate) enum Outcome {
     Downloaded {
         key: String,
-        /// What the state records once the commit is durable (a queued file's mtime is
-        /// filled in from the writer's answer).
+        /// What the state records once the commit is durable (its mtime is filled in from
+        /// the commit, except for [`Commit::Durable`]).
         recorded: plan::Recorded,
         bytes: u64,
         commit: Commit,
@@ -492,10 +492,6 @@ async fn download(
         .commit(&folder, name, remote.last_modified, &hooks.writer)
         .await
         .map_err(disk_full)?;
-    let mtime_ns = match &commit {
-        Commit::FolderUnsynced(written, _) => written.mtime_ns,
-        Commit::Durable | Commit::Queued(_) => 0,
-    };
     shown.keep();
     let dest = folder.display(name);
     let why = match job {
@@ -510,7 +506,8 @@ async fn download(
                 .and_then(super::manifest::Entry::pin_tag)
                 .unwrap_or_else(|| plan::version_tag(&remote)),
             size: remote.size,
-            mtime_ns,
+            // Read back from the commit when it is recorded (`Syncer::flush_committed`).
+            mtime_ns: 0,
         },
         bytes: received,
         commit,
